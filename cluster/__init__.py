@@ -1,0 +1,1 @@
+"""Cluster: the `iipa` command, the end-to-end demo, launchers and benchmarks."""

@@ -1,0 +1,11 @@
+"""Shards: the on-disk data contracts (schemas), image shards, and the PDIP pair-index builder.
+
+This package imports nothing else of iipa; every other stage builds on it.
+"""
+from shards.build import BuildConfig, build_shards
+from shards.locate import ShardIndex
+from shards.pairs import PairsConfig, build_pairs
+from shards.schema import IMAGES, PAIRS, SCHEMA_VERSION, read_table, write_table
+
+__all__ = ["BuildConfig", "build_shards", "ShardIndex", "PairsConfig", "build_pairs",
+           "IMAGES", "PAIRS", "SCHEMA_VERSION", "read_table", "write_table"]

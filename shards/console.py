@@ -1,0 +1,52 @@
+"""What every stage's command line shares: one-line errors with exit status 2, logging, progress.
+
+It lives in `shards` because that is the one package every stage may import.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from shards.schema import SchemaError
+
+EXIT_USAGE = 2
+
+
+class UserError(ValueError):
+    """A mistake of the user's (bad option, missing or malformed input): one line, exit 2."""
+
+
+# Exceptions that mean "the input or the options are wrong", never a bug of ours.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, SchemaError, FileNotFoundError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a wrong flag as one line (not usage + line) and exits with 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def run_main(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
+             prog: str, extra_user_errors: Sequence[type[BaseException]] = ()) -> int:
+    """Run a command's handler, turning user errors into one line on stderr and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return handler(args) or 0
+    except (*USER_ERRORS, *extra_user_errors) as exc:
+        message = exc.strerror + f": {exc.filename}" if isinstance(exc, FileNotFoundError) and exc.filename else exc
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on a terminal, silent otherwise (logs and CI stay readable)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kwargs)

@@ -1,0 +1,155 @@
+"""The data contracts of iipa: versioned pyarrow schemas for the images table and pair manifests.
+
+Every writer validates against these schemas and every reader checks the version stamped in the
+Parquet metadata, so a file written by an incompatible version fails loudly instead of quietly
+misreading columns.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"iipa.schema"
+
+_ts = pa.timestamp("us", tz="UTC")
+_words = pa.list_(pa.string())
+
+IMAGES = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("tweet_id", pa.string(), nullable=False),
+        pa.field("media_key", pa.string()),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("created_at", _ts, nullable=False),
+        pa.field("collected_at", _ts),
+        pa.field("text", pa.string()),
+        pa.field("hashtags", _words),
+        pa.field("mentions", _words),
+        pa.field("caption_words", _words),
+        pa.field("retweets", pa.int64()),
+        pa.field("likes", pa.int64()),
+        pa.field("replies", pa.int64()),
+        pa.field("quotes", pa.int64()),
+        pa.field("media_count", pa.int32()),
+        pa.field("url", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("shard", pa.string()),
+        pa.field("offset", pa.int64()),
+        pa.field("size", pa.int64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("orig_width", pa.int32()),
+        pa.field("orig_height", pa.int32()),
+        pa.field("sha1", pa.string()),
+    ]
+)
+
+PAIRS = pa.schema(
+    [
+        pa.field("hi_key", pa.string(), nullable=False),
+        pa.field("lo_key", pa.string(), nullable=False),
+        pa.field("hi_pop", pa.float64(), nullable=False),
+        pa.field("lo_pop", pa.float64(), nullable=False),
+        pa.field("prob", pa.float64(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("days_apart", pa.float64(), nullable=False),
+    ]
+)
+
+SCHEMAS = {"images": IMAGES, "pairs": PAIRS}
+
+# Row statuses: an image is pending until fetched, then ok or one of the error codes of `fetch`.
+PENDING = "pending"
+OK = "ok"
+
+
+class SchemaError(ValueError):
+    """A table does not match its contract (a user's file, or a bug in a writer)."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
+    """Return `table` with exactly `schema`'s columns, order and types, or raise SchemaError.
+
+    Missing nullable columns are added as nulls; integer widths and timestamp units are cast;
+    anything else (a missing required column, a string where a number belongs, nulls in a
+    required column) is an error naming the column.
+    """
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            if not field.nullable:
+                raise SchemaError(f"{name}: missing required column {field.name!r}")
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        col = table.column(field.name)
+        if not col.type.equals(field.type):
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaError(
+                    f"{name}: column {field.name!r} is {col.type}, expected {field.type}"
+                ) from exc
+        if not field.nullable and col.null_count:
+            raise SchemaError(f"{name}: column {field.name!r} has {col.null_count} null values")
+        columns.append(col)
+    metadata = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
+    return pa.Table.from_arrays(columns, schema=schema.with_metadata(metadata))
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, kind: str) -> Path:
+    """Validate `table` against the `kind` contract and write it atomically (tmp, then rename)."""
+    table = conform(table, SCHEMAS[kind], kind)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def parquet_files(path: str | os.PathLike) -> list[Path]:
+    """A Parquet file, or the sorted Parquet files of a folder (hidden temporaries skipped)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise SchemaError(f"{path}: no Parquet files in this folder")
+        return files
+    if not path.exists():
+        raise SchemaError(f"{path}: no such file or folder")
+    return [path]
+
+
+def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
+    """Read a `kind` table from a Parquet file or folder, checking the schema version."""
+    tables = []
+    for file in parquet_files(path):
+        try:
+            table = pq.read_table(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SchemaError(f"{file}: not a readable Parquet file ({exc})") from exc
+        meta = table.schema.metadata or {}
+        version = meta.get(VERSION_KEY)
+        if version is not None and int(version) != SCHEMA_VERSION:
+            raise SchemaError(
+                f"{file}: schema version {int(version)}, this iipa reads version {SCHEMA_VERSION}"
+            )
+        tables.append(conform(table, SCHEMAS[kind], f"{file}"))
+    return pa.concat_tables(tables)
+
+
+def write_json(obj, path: str | os.PathLike) -> Path:
+    """Write JSON atomically, so a reader never sees half a manifest."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path

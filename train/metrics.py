@@ -1,0 +1,64 @@
+"""Namespaced metrics as JSONL (rank 0 only) and the accuracy-versus-batches curve."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+
+class MetricsLog:
+    """Appends one JSON object per line to RUN/metrics.jsonl; silent on ranks other than 0."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        if enabled:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def write(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def validation_curve(run: Path) -> list[tuple[int, float]]:
+    """(step, validation accuracy) in step order; a resumed run keeps the latest value per step."""
+    points = {r["step"]: r["acc/val"] for r in read_metrics(run) if "acc/val" in r}
+    return sorted(points.items())
+
+
+def write_curve(run: Path) -> Path | None:
+    """val_curve.csv and val_curve.png: validation accuracy against training batches."""
+    points = validation_curve(run)
+    if not points:
+        return None
+    run = Path(run)
+    with open(run / "val_curve.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["batches", "val_accuracy"])
+        writer.writerows(points)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    ax.axhline(0.5, color="grey", linestyle="--", label="chance")
+    ax.set(xlabel="training batches", ylabel="validation pairwise accuracy", title="Validation accuracy")
+    ax.set_ylim(0.4, 1.0)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "val_curve.png", dpi=100)
+    plt.close(fig)
+    return run / "val_curve.png"
