@@ -13,6 +13,9 @@ COMMANDS = {
     "shards": "fetch, decode and resize images into WebDataset shards",
     "train": "train the shared-weight ResNet pair ranker (torchrun DDP)",
     "eval": "pairwise accuracy of a model on a pair manifest",
+    "score": "score images with a trained model",
+    "launch": "launch training on many nodes (torchrun, Slurm, Ray)",
+    "bench": "throughput of each stage against a same-run baseline",
 }
 
 USAGE = "usage: iipa COMMAND [options]   (iipa COMMAND --help for each)\n\n" + "\n".join(
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
 
         return ingest_main(rest, prog)
     if command == "pairs":
-        from shards.cli import pairs_main
+        from shards.pairs_cli import main as pairs_main
 
         return pairs_main(rest, prog)
     if command == "shards":
@@ -70,6 +73,18 @@ def main(argv=None) -> int:
         from eval.cli import main as eval_main
 
         return eval_main(rest, prog)
+    if command == "score":
+        from eval.cli import score_main
+
+        return score_main(rest, prog)
+    if command == "launch":
+        from cluster.launch import main as launch_main
+
+        return launch_main(rest, prog)
+    if command == "bench":
+        from cluster.bench import main as bench_main
+
+        return bench_main(rest, prog)
     sys.stderr.write(f"iipa: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n")
     return EXIT_USAGE
 

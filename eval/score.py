@@ -23,7 +23,7 @@ class Scorer:
         self.model.to(self.device).eval()
         pre = meta["preprocess"]
         data = DataConfig(backend=backend, resize=pre["resize"], crop=pre["crop"], mean=tuple(pre["mean"]),
-                          std=tuple(pre["std"]), threads=threads)
+                          std=tuple(pre["std"]), squash=pre.get("mode") == "squash", threads=threads)
         self.decoder = make_decoder(data, train=False, device=self.device)
         self.batch_size = batch_size
         self.meta = meta

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from shards.console import UserError
-from train.config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
+from train.config import TrainConfig
 
 # IIPA's released test script feeds a 224×224 resize, scaled to [0, 1], with no mean/std.
 IIPA_PREPROCESS = {"resize": 224, "crop": 224, "mode": "squash", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -35,7 +35,7 @@ def plain_state_dict(model: torch.nn.Module) -> dict:
 
 def preprocessing(config: TrainConfig) -> dict:
     d = config.data
-    return {"resize": d.resize, "crop": d.crop, "mode": "shorter_side_center_crop",
+    return {"resize": d.resize, "crop": d.crop, "mode": "squash" if d.squash else "shorter_side_center_crop",
             "mean": list(d.mean), "std": list(d.std)}
 
 
@@ -114,6 +114,3 @@ def model_meta(model_path: Path) -> dict:
     meta = json.loads(meta_path.read_text())
     return {"arch": meta["arch"], "weights": path, "preprocess": meta["preprocess"]}
 
-
-DEFAULT_PREPROCESS = {"resize": 256, "crop": 224, "mode": "shorter_side_center_crop",
-                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}

@@ -29,6 +29,8 @@ class DataConfig:
     """Shorter side after resizing."""
     crop: int = 224
     """Side of the square crop fed to the model (random in training, centred in evaluation)."""
+    squash: bool = False
+    """Resize straight to crop×crop, ignoring the aspect ratio (IIPA's released test script)."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     """Per-channel mean subtracted after scaling to [0, 1]."""
     std: tuple[float, float, float] = IMAGENET_STD

@@ -115,7 +115,7 @@ class TorchDecoder:
         img = Image.open(io.BytesIO(data))
         w, h = img.size
         scale = c.resize / min(w, h)
-        size = (max(c.crop, round(w * scale)), max(c.crop, round(h * scale)))
+        size = (c.crop, c.crop) if c.squash else (max(c.crop, round(w * scale)), max(c.crop, round(h * scale)))
         img.draft("RGB", size)  # DCT-domain downscale first where the JPEG is much larger
         img = img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
         if self.train:
@@ -154,7 +154,10 @@ class DaliDecoder:
         def pipe():
             jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
             images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
-            images = fn.resize(images, resize_shorter=config.resize, antialias=True)
+            if config.squash:
+                images = fn.resize(images, resize_x=config.crop, resize_y=config.crop, antialias=True)
+            else:
+                images = fn.resize(images, resize_shorter=config.resize, antialias=True)
             if train:
                 pos_x, pos_y = fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0))
                 mirror = fn.random.coin_flip()

@@ -1,0 +1,111 @@
+"""`iipa bench`: each stage's throughput against a baseline measured in the same run.
+
+Every benchmark is a module of `cluster.benches` with `run(config: BenchConfig) -> dict` that
+returns at least {"stage", "unit", "value", "baseline", "baseline_value", "ratio"}: the ratio is
+what to compare across machines, since both numbers share the machine's load at that moment.
+`iipa bench` with no stage runs them all and writes one JSON and one PNG summary.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shards.console import Parser, UserError, run_main
+
+# stage → module under cluster.benches; each is imported only when run.
+BENCHES = {
+    "ingest-parse": "parse",
+    "ingest": "ingest",
+    "pairs": "pairs",
+    "loader": "loader",
+    "train": "train",
+    "score": "score",
+}
+
+
+@dataclass
+class BenchConfig:
+    """Options shared by every benchmark."""
+
+    workdir: Path
+    """Scratch folder for generated inputs (kept between runs so inputs are built once)."""
+    quick: bool = False
+    """Small inputs: a smoke run of the benchmark's code, not a measurement."""
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_isolated(target: str, **kwargs) -> dict:
+    """Call `module:function(**kwargs)` in a fresh Python process; return its result (a dict)
+    with `seconds` and `peak_rss_mb` of that process, so two methods' memory can be compared."""
+    module, function = target.split(":")
+    code = (f"import json, sys, time, resource; from {module} import {function} as f; "
+            "kw = json.loads(sys.argv[1]); t = time.perf_counter(); r = f(**kw) or {}; "
+            "r['seconds'] = time.perf_counter() - t; "
+            "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs, default=str)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{target} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def write_summary(results: list[dict], path: Path) -> None:
+    """BENCH.json and BENCH.png: per stage the throughput, its baseline and their ratio."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * len(results)))
+    labels = [f"{r['stage']}\n{r['value']:.4g} {r['unit']} vs {r['baseline']}" for r in results]
+    ax.barh(labels, [r["ratio"] for r in results], color="tab:blue")
+    ax.axvline(1.0, color="grey", linestyle="--")
+    ax.set_xlabel("speed-up over the baseline measured in the same run (×)")
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None, prog: str = "iipa bench") -> int:
+    p = Parser(prog=prog, description="Throughput of each stage against a baseline measured in the same run "
+                                      "(no stage: all of them), as JSON and a PNG summary.")
+    p.add_argument("stages", nargs="*", help=f"stages to run: {', '.join(BENCHES)} (default: all)")
+    p.add_argument("--json", type=Path, help="write the results here (and a PNG beside it)")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "iipa-bench",
+                   help="scratch folder for generated inputs")
+    p.add_argument("--quick", action="store_true", help="tiny inputs: check the benchmarks run, measure nothing")
+    args = p.parse_args(argv)
+
+    def handler(args) -> int:
+        unknown = [s for s in args.stages if s not in BENCHES]
+        if unknown:
+            raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+        results = []
+        for stage in args.stages or list(BENCHES):
+            module = importlib.import_module(f"cluster.benches.{BENCHES[stage]}")
+            result = module.run(BenchConfig(args.workdir / stage, args.quick))
+            results.append(result)
+            print(json.dumps(result), flush=True)
+        if args.json:
+            write_summary(results, args.json)
+        return 0
+
+    return run_main(handler, args, prog)
