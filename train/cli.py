@@ -24,7 +24,7 @@ FLAGS = {
     "init": ("model", "init"), "out": ("run", "out"), "epochs": ("run", "epochs"), "max_steps": ("run", "max_steps"),
     "batch_pairs": ("run", "batch_pairs"), "val_every": ("run", "val_every"), "ckpt_every": ("run", "ckpt_every"),
     "log_every": ("run", "log_every"), "seed": ("run", "seed"), "precision": ("run", "precision"),
-    "compile": ("run", "compile"),
+    "compile": ("run", "compile"), "audit": ("run", "audit"),
 }
 
 
@@ -55,6 +55,8 @@ def build_parser(prog: str = "iipa train") -> Parser:
     p.add_argument("--seed", type=int, help="seed of data order, swaps and initialisation")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="autocast precision")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--audit", action="store_true", default=None,
+                   help="record pair ids per step and a final parameter digest per rank (RUN/audit/)")
     p.add_argument("--nproc-per-node", type=int, help="launch this many ranks under torchrun --standalone")
     p.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts after a rank dies")
     return p

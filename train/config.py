@@ -93,6 +93,8 @@ class RunConfig:
     """Wrap the model in torch.compile."""
     max_bad_steps: int = 10
     """Stop after this many non-finite losses (each such step is skipped)."""
+    audit: bool = False
+    """Write RUN/audit/rank-R.jsonl: pair ids per step and a final parameter digest."""
 
 
 @dataclass

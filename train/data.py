@@ -11,22 +11,23 @@ process group. Backends share one signature and sit in BACKENDS; the loop never 
 """
 from __future__ import annotations
 
-import io
+import logging
 import math
 import queue
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from shards.console import UserError
 from shards.locate import ShardIndex
 from shards.schema import read_table
 from train.config import DataConfig
+from train.decode import make_decoder
+
+log = logging.getLogger("iipa.train")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ def load_pairs(path, index: ShardIndex) -> PairSet:
     lo = table.column("lo_key").to_numpy(zero_copy_only=False)
     present = np.fromiter((a in index and b in index for a, b in zip(hi, lo)), dtype=bool, count=len(hi))
     hi, lo = hi[present], lo[present]
+    needed = np.unique(np.concatenate([index.shard_of(hi), index.shard_of(lo)])) if len(hi) else []
+    absent = [name for name in needed if not (index.dir / name).is_file()]
+    if absent:
+        raise UserError(f"{len(absent)} shard(s) missing from {index.dir}, e.g. {absent[0]}: "
+                        "rebuild them with `iipa shards build` (it resumes)")
     names, shard = np.unique(index.shard_of(hi), return_inverse=True) if len(hi) else (np.array([]), np.zeros(0, int))
     return PairSet(hi, lo, shard.astype(np.int64), names, int((~present).sum()))
 
@@ -101,112 +107,6 @@ class PairBatch:
     pair_ids: np.ndarray  # [B] indices into the PairSet (for bookkeeping and tests)
 
 
-class TorchDecoder:
-    """Pillow decoding on the CPU with torch transforms; available everywhere."""
-
-    def __init__(self, config: DataConfig, train: bool, device: torch.device):
-        self.config, self.train, self.device = config, train, device
-        self.pool = ThreadPoolExecutor(max(1, config.threads))
-        self.mean = torch.tensor(config.mean).view(3, 1, 1)
-        self.std = torch.tensor(config.std).view(3, 1, 1)
-
-    def _one(self, data: bytes, seed: int) -> torch.Tensor:
-        c = self.config
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        scale = c.resize / min(w, h)
-        size = (c.crop, c.crop) if c.squash else (max(c.crop, round(w * scale)), max(c.crop, round(h * scale)))
-        img.draft("RGB", size)  # DCT-domain downscale first where the JPEG is much larger
-        img = img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
-        if self.train:
-            rng = np.random.default_rng(seed)
-            x, y = int(rng.integers(0, size[0] - c.crop + 1)), int(rng.integers(0, size[1] - c.crop + 1))
-            flip = bool(rng.integers(0, 2))
-        else:
-            x, y, flip = (size[0] - c.crop) // 2, (size[1] - c.crop) // 2, False
-        img = img.crop((x, y, x + c.crop, y + c.crop))
-        if flip:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-        return (t - self.mean) / self.std
-
-    def __call__(self, encoded: list[bytes], seed: int) -> torch.Tensor:
-        seeds = [seed * 1_000_003 + i for i in range(len(encoded))]
-        return torch.stack(list(self.pool.map(self._one, encoded, seeds))).to(self.device, non_blocking=True)
-
-
-class DaliDecoder:
-    """NVIDIA DALI fed by `fn.external_source` with encoded bytes: `mixed` decoding on a GPU,
-    the same pipeline on the CPU without one."""
-
-    def __init__(self, config: DataConfig, train: bool, device: torch.device):
-        from nvidia.dali import fn, pipeline_def, types
-
-        self.config, self.train, self.device = config, train, device
-        decode_device = config.decode_device
-        if decode_device == "auto":
-            decode_device = "mixed" if device.type == "cuda" else "cpu"
-        self.max_batch = 1024
-
-        @pipeline_def(batch_size=self.max_batch, num_threads=max(1, config.threads),
-                      device_id=device.index or 0 if decode_device == "mixed" else None,
-                      exec_dynamic=True, prefetch_queue_depth=1)
-        def pipe():
-            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
-            images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
-            if config.squash:
-                images = fn.resize(images, resize_x=config.crop, resize_y=config.crop, antialias=True)
-            else:
-                images = fn.resize(images, resize_shorter=config.resize, antialias=True)
-            if train:
-                pos_x, pos_y = fn.random.uniform(range=(0.0, 1.0)), fn.random.uniform(range=(0.0, 1.0))
-                mirror = fn.random.coin_flip()
-            else:
-                pos_x = pos_y = 0.5
-                mirror = 0
-            return fn.crop_mirror_normalize(
-                images, crop=(config.crop, config.crop), crop_pos_x=pos_x, crop_pos_y=pos_y, mirror=mirror,
-                mean=[m * 255 for m in config.mean], std=[s * 255 for s in config.std],
-                dtype=types.FLOAT, output_layout="CHW", out_of_bounds_policy="pad")
-
-        self.pipe = pipe(seed=1234)
-        self.pipe.build()
-
-    def __call__(self, encoded: list[bytes], seed: int) -> torch.Tensor:
-        arrays = [np.frombuffer(b, dtype=np.uint8) for b in encoded]
-        out = []
-        for start in range(0, len(arrays), self.max_batch):
-            self.pipe.feed_input("jpegs", arrays[start:start + self.max_batch])
-            (images,) = self.pipe.run()
-            if hasattr(images, "as_cpu"):
-                images = images.as_cpu()  # the CPU waits for the GPU here: DALI hands back a copy
-            out.append(torch.from_numpy(np.stack([np.array(t) for t in images])))
-        return torch.cat(out).to(self.device, non_blocking=True)
-
-
-def _dali_available() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-BACKENDS = {"torch": TorchDecoder}
-if _dali_available():
-    BACKENDS["dali"] = DaliDecoder
-
-
-def make_decoder(config: DataConfig, train: bool, device: torch.device):
-    """The configured backend; `auto` prefers DALI where it is installed."""
-    name = config.backend
-    if name == "auto":
-        name = "dali" if "dali" in BACKENDS and device.type == "cuda" else "torch"
-    if name not in BACKENDS:
-        raise UserError(f"backend {name!r} is not available here; choose from {', '.join(BACKENDS)} or auto")
-    return BACKENDS[name](config, train, device)
-
-
 class ShardCache:
     """Whole shards read sequentially and kept while their pairs are being served."""
 
@@ -239,6 +139,7 @@ class PairLoader:
         self.batch_pairs, self.train, self.seed = batch_pairs, train, seed
         self.decoder = make_decoder(config, train, device)
         self.cache = ShardCache(index, config.shuffle_shards + 1)
+        self.bad_keys: set[str] = set()
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         if self.train:
@@ -247,15 +148,43 @@ class PairLoader:
             order = np.argsort(self.pairs.shard, kind="stable")
         return rank_batches(order, self.world, self.batch_pairs)
 
+    def decode(self, keys: np.ndarray, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The decoded images of `keys` that could be decoded, and the mask of which those are.
+
+        A batch holding an unreadable image fails as a whole; only then are its images decoded
+        one at a time to find the culprit, which is reported, remembered and left out.
+        """
+        encoded = [self.cache.get(k) for k in keys]
+        try:
+            return self.decoder(encoded, seed), np.ones(len(keys), dtype=bool)
+        except Exception:  # Pillow raises OSError and friends, DALI RuntimeError: find the image
+            ok = np.ones(len(keys), dtype=bool)
+            for i, data in enumerate(encoded):
+                try:
+                    self.decoder([data], seed)
+                except Exception as exc:
+                    ok[i] = False
+                    log.warning("unreadable image %s skipped (%s)", keys[i], str(exc).splitlines()[0][:200])
+            self.bad_keys.update(keys[~ok].tolist())
+            if not ok.any():
+                raise RuntimeError(f"no image of this batch could be decoded (e.g. {keys[0]}): damaged shards? "
+                                   "run `iipa shards verify`") from None
+            return self.decoder([e for e, good in zip(encoded, ok) if good], seed), ok
+
     def make_batch(self, ids: np.ndarray, seed: int) -> PairBatch:
         for shard in dict.fromkeys(self.pairs.shard_names[self.pairs.shard[ids]]):
             self.cache.load(shard)
         keys, inverse = np.unique(np.concatenate([self.pairs.hi[ids], self.pairs.lo[ids]]), return_inverse=True)
-        images = self.decoder([self.cache.get(k) for k in keys], seed)
+        images, ok = self.decode(keys, seed)
+        hi, lo = inverse[:len(ids)], inverse[len(ids):]
+        usable = ok[hi] & ok[lo]  # a pair with an unreadable image is dropped from this step
+        if not usable.any():
+            raise RuntimeError(f"every pair of a batch has an unreadable image (e.g. {keys[~ok][0]})")
+        row = np.cumsum(ok) - 1  # row of each decoded key in `images`
+        ids, hi, lo = ids[usable], row[hi[usable]], row[lo[usable]]
         rng = np.random.default_rng(seed)
         swap = rng.integers(0, 2, len(ids)) if self.train else np.zeros(len(ids), dtype=np.int64)
-        inverse = torch.from_numpy(inverse.astype(np.int64))
-        return PairBatch(images, inverse[:len(ids)], inverse[len(ids):], torch.from_numpy(swap), ids)
+        return PairBatch(images, torch.from_numpy(hi), torch.from_numpy(lo), torch.from_numpy(swap), ids)
 
     def iterate(self, epoch: int, start_step: int = 0):
         """Yield (step, PairBatch) from `start_step`; a background thread keeps `prefetch` ready."""

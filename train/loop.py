@@ -11,18 +11,20 @@ import os
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from shards.console import progress
 from shards.locate import ShardIndex
 from shards.schema import write_json
 from train.checkpoint import initialise, load_state, save_model, save_state
 from train.config import TrainConfig
 from train.data import PairLoader, World, load_pairs, steps_per_epoch
-from train.metrics import MetricsLog, write_curve
+from train.metrics import AuditLog, MetricsLog, write_curve
 from train.model import build_model, head_parameters, pair_loss, pair_scores
 
 log = logging.getLogger("iipa.train")
@@ -116,101 +118,161 @@ def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, s
         dist.barrier()
 
 
-def train(config: TrainConfig) -> dict:
-    """Train the pair ranker as configured; return the final metrics."""
-    world, device = setup_distributed()
-    out = Path(config.run.out)
-    torch.manual_seed(config.run.seed)
-    index = ShardIndex(config.data.shards)
-    train_pairs = load_pairs(Path(config.data.pairs) / "train.parquet", index)
-    val_pairs = load_pairs(Path(config.data.pairs) / "val.parquet", index)
-    model = build_model(config.model.arch)
-    init = initialise(model, config.model.init)
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = make_optimizer(model, config)
-    state = load_state(out)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    raw_model = model
-    if world.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.run.compile:
-        model = torch.compile(model)
+@dataclass
+class StepWindow:
+    """Sums over the steps since the last metrics line (data wait measured apart from compute)."""
 
-    steps = steps_per_epoch(len(train_pairs), world.world_size, config.run.batch_pairs)
-    step, start_epoch, start_local = resume_position(state, world, steps)
-    metrics = MetricsLog(out, world.rank == 0)
-    if world.rank == 0:
-        write_json(config.to_dict(), out / "config.json")
-        log.info("%d train pairs (%d without images), %d val pairs, %d ranks, %d steps/epoch, init %s, device %s",
-                 len(train_pairs), train_pairs.missing, len(val_pairs), world.world_size, steps, init, device)
-    loader = PairLoader(train_pairs, index, config.data, world, config.run.batch_pairs, True, device, config.run.seed)
-    val_loader = PairLoader(val_pairs, index, config.data, world, config.run.batch_pairs * 2, False, device)
-    bad_steps, last = 0, {}
-    window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "images": 0, "data": 0.0, "total": 0.0, "n": 0}
-    done = config.run.max_steps is not None and step >= config.run.max_steps
-    for epoch in range(start_epoch, config.run.epochs):
-        if done:
-            break
-        t_wait = time.perf_counter()
-        for epoch_step, batch in loader.iterate(epoch, start_local if epoch == start_epoch else 0):
-            t_start = time.perf_counter()
-            with autocast(config, device):
-                s_hi, s_lo = pair_scores(model, batch.images, batch.hi_idx.to(device), batch.lo_idx.to(device))
-            loss = pair_loss(s_hi, s_lo, batch.swap.to(device))
-            # Every rank must take the same branch, or DDP's all-reduce would hang: agree on finiteness.
-            finite = all_sum([float(torch.isfinite(loss))], device)[0] == world.world_size
-            optimizer.zero_grad(set_to_none=True)
-            if finite:
-                loss.backward()
-                optimizer.step()
-            else:
-                bad_steps += 1
-                log.warning("step %d: non-finite loss on some rank, step skipped (%d so far)", step, bad_steps)
-                if bad_steps > config.run.max_bad_steps:
-                    raise FloatingPointError(f"{bad_steps} non-finite losses; stopping (lower the learning rate?)")
-            # The CPU waits for the GPU here: .item() synchronises, once per step for the metrics.
-            loss_value = float(loss.detach()) if finite else 0.0
-            t_end = time.perf_counter()
-            step += 1
-            window["loss"] += loss_value * len(s_hi)
-            window["correct"] += float((s_hi > s_lo).sum())
-            window["pairs"] += len(s_hi)
-            window["images"] += batch.images.shape[0]
-            window["data"] += t_start - t_wait
-            window["total"] += t_end - t_wait
-            window["n"] += 1
-            if step % config.run.log_every == 0:
-                loss_sum, correct, pairs = all_sum([window["loss"], window["correct"], window["pairs"]], device)
-                metrics.write(step, epoch=epoch, **{
-                    "loss/train": loss_sum / pairs, "acc/train": correct / pairs,
-                    "time/data": window["data"] / window["n"], "time/step": window["total"] / window["n"],
-                    "throughput/pairs_per_s": pairs / window["total"],
-                    "throughput/images_per_s": window["images"] * world.world_size / window["total"],
-                    "lr/backbone": optimizer.param_groups[0]["lr"]})
-                window = dict.fromkeys(window, 0)
-            last_of_epoch = epoch_step + 1 == steps
-            done = config.run.max_steps is not None and step >= config.run.max_steps
-            if step % config.run.val_every == 0 or done or (last_of_epoch and epoch + 1 == config.run.epochs):
-                last = validate(raw_model, val_loader, config, device)
-                metrics.write(step, epoch=epoch, **last)
-                if world.rank == 0 and last:
-                    log.info("step %d: val accuracy %.3f over %d pairs", step, last["acc/val"], last["pairs/val"])
-            if step % config.run.ckpt_every == 0 or done or last_of_epoch:
-                position = (epoch + 1, 0) if last_of_epoch else (epoch, epoch_step + 1)
-                if last_of_epoch:
-                    scheduler.step()
-                checkpoint(raw_model, optimizer, scheduler, config, world, step, *position, steps)
-            if done:
+    loss: float = 0.0
+    correct: float = 0.0
+    pairs: int = 0
+    images: int = 0
+    data: float = 0.0
+    total: float = 0.0
+    steps: int = 0
+
+    def add(self, loss: float, s_hi, s_lo, images: int, data_s: float, total_s: float) -> None:
+        self.loss += loss * len(s_hi)
+        self.correct += float((s_hi > s_lo).sum())
+        self.pairs += len(s_hi)
+        self.images += images
+        self.data += data_s
+        self.total += total_s
+        self.steps += 1
+
+    def metrics(self, world: World, device) -> dict:
+        loss, correct, pairs = all_sum([self.loss, self.correct, self.pairs], device)
+        return {"loss/train": loss / pairs, "acc/train": correct / pairs,
+                "time/data": self.data / self.steps, "time/step": self.total / self.steps,
+                "time/data_share": self.data / self.total,
+                "throughput/pairs_per_s": pairs / self.total,
+                "throughput/images_per_s": self.images * world.world_size / self.total}
+
+
+class Trainer:
+    """One rank's share of a training job: set up from the config (and state.pt if present), then `fit`."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.world, self.device = setup_distributed()
+        self.out = Path(config.run.out)
+        torch.manual_seed(config.run.seed)
+        index = ShardIndex(config.data.shards)
+        self.train_pairs = load_pairs(Path(config.data.pairs) / "train.parquet", index)
+        val_pairs = load_pairs(Path(config.data.pairs) / "val.parquet", index)
+        self.raw_model = build_model(config.model.arch)
+        init = initialise(self.raw_model, config.model.init)
+        self.raw_model.to(self.device)
+        if self.device.type == "cuda":
+            self.raw_model.to(memory_format=torch.channels_last)
+        self.optimizer, self.scheduler = make_optimizer(self.raw_model, config)
+        self.state = load_state(self.out)
+        if self.state is not None:
+            self.raw_model.load_state_dict(self.state["model"])
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.scheduler.load_state_dict(self.state["scheduler"])
+        self.model = self.raw_model
+        if self.world.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if config.run.compile:
+            self.model = torch.compile(self.model)
+        self.steps = steps_per_epoch(len(self.train_pairs), self.world.world_size, config.run.batch_pairs)
+        self.loader = PairLoader(self.train_pairs, index, config.data, self.world, config.run.batch_pairs, True,
+                                 self.device, config.run.seed)
+        self.val_loader = PairLoader(val_pairs, index, config.data, self.world, config.run.batch_pairs * 2, False,
+                                     self.device)
+        self.metrics = MetricsLog(self.out, self.world.rank == 0)
+        self.audit = AuditLog(self.out, self.world.rank) if config.run.audit else None
+        self.bad_steps = 0
+        if self.world.rank == 0:
+            write_json(config.to_dict(), self.out / "config.json")
+            log.info("%d train pairs (%d without images), %d val pairs, %d ranks, %d steps/epoch, init %s, device %s",
+                     len(self.train_pairs), self.train_pairs.missing, len(val_pairs), self.world.world_size,
+                     self.steps, init, self.device)
+
+    def train_step(self, batch) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """Forward over the batch's unique images, loss on score differences, backward, update."""
+        device = self.device
+        with autocast(self.config, device):
+            s_hi, s_lo = pair_scores(self.model, batch.images, batch.hi_idx.to(device), batch.lo_idx.to(device))
+        loss = pair_loss(s_hi, s_lo, batch.swap.to(device))
+        # Every rank must take the same branch, or DDP's all-reduce would hang: agree on finiteness.
+        finite = all_sum([float(torch.isfinite(loss))], device)[0] == self.world.world_size
+        self.optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            self.bad_steps += 1
+            log.warning("non-finite loss on some rank, step skipped (%d so far)", self.bad_steps)
+            if self.bad_steps > self.config.run.max_bad_steps:
+                raise FloatingPointError(f"{self.bad_steps} non-finite losses; stopping (lower the learning rate?)")
+            return 0.0, s_hi.detach(), s_lo.detach()
+        loss.backward()
+        self.optimizer.step()
+        # The CPU waits for the GPU here: float() synchronises, once per step, for the metrics.
+        return float(loss.detach()), s_hi.detach(), s_lo.detach()
+
+    def is_done(self, step: int) -> bool:
+        return self.config.run.max_steps is not None and step >= self.config.run.max_steps
+
+    def fit(self) -> dict:
+        """Run the remaining epochs; validate, log and checkpoint as configured; return final metrics."""
+        run = self.config.run
+        step, start_epoch, start_local = resume_position(self.state, self.world, self.steps)
+        total = self.steps * run.epochs if run.max_steps is None else min(run.max_steps, self.steps * run.epochs)
+        bar = progress(total=total, initial=step, desc="train", unit="step") if self.world.rank == 0 else None
+        window, last = StepWindow(), {}
+        for epoch in range(start_epoch, run.epochs):
+            if self.is_done(step):
                 break
             t_wait = time.perf_counter()
-    if world.rank == 0:
-        write_curve(out)
-    result = {"step": step, "rank": world.rank, "world_size": world.world_size, **last}
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return result
+            for epoch_step, batch in self.loader.iterate(epoch, start_local if epoch == start_epoch else 0):
+                t_start = time.perf_counter()
+                loss, s_hi, s_lo = self.train_step(batch)
+                step += 1
+                window.add(loss, s_hi, s_lo, batch.images.shape[0], t_start - t_wait, time.perf_counter() - t_wait)
+                if self.audit:
+                    self.audit.step(epoch, step, batch.pair_ids)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                if step % run.log_every == 0:
+                    self.metrics.write(step, epoch=epoch, **window.metrics(self.world, self.device),
+                                       **{"lr/backbone": self.optimizer.param_groups[0]["lr"],
+                                          "data/bad_images": len(self.loader.bad_keys)})
+                    window = StepWindow()
+                last_of_epoch = epoch_step + 1 == self.steps
+                if step % run.val_every == 0 or self.is_done(step) or (last_of_epoch and epoch + 1 == run.epochs):
+                    last = self.validate(step, epoch)
+                if step % run.ckpt_every == 0 or self.is_done(step) or last_of_epoch:
+                    if last_of_epoch:
+                        self.scheduler.step()
+                    position = (epoch + 1, 0) if last_of_epoch else (epoch, epoch_step + 1)
+                    checkpoint(self.raw_model, self.optimizer, self.scheduler, self.config, self.world, step,
+                               *position, self.steps)
+                if self.is_done(step):
+                    break
+                t_wait = time.perf_counter()
+        if bar is not None:
+            bar.close()
+        return self.finish(step, last)
+
+    def validate(self, step: int, epoch: int) -> dict:
+        result = validate(self.raw_model, self.val_loader, self.config, self.device)
+        self.metrics.write(step, epoch=epoch, **result)
+        if self.world.rank == 0 and result:
+            log.info("step %d: val accuracy %.3f over %d pairs", step, result["acc/val"], result["pairs/val"])
+        return result
+
+    def finish(self, step: int, last: dict) -> dict:
+        if self.audit:
+            self.audit.final(step, self.raw_model)
+        if self.world.rank == 0:
+            write_curve(self.out)
+        result = {"step": step, "rank": self.world.rank, "world_size": self.world.world_size, **last}
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return result
+
+
+def train(config: TrainConfig) -> dict:
+    """Train the pair ranker as configured (resuming from RUN/state.pt if present); return final metrics."""
+    return Trainer(config).fit()

@@ -62,3 +62,28 @@ def write_curve(run: Path) -> Path | None:
     fig.savefig(run / "val_curve.png", dpi=100)
     plt.close(fig)
     return run / "val_curve.png"
+
+
+class AuditLog:
+    """RUN/audit/rank-R.jsonl: the pair ids each step of this rank trained on, and a digest of
+    the final parameters, so a DDP run can be checked: every pair once per epoch, ranks in sync.
+    A resumed run appends; the latest record for a step is the one that counts."""
+
+    def __init__(self, out: Path, rank: int):
+        self.path = out / "audit" / f"rank-{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def step(self, epoch: int, step: int, pair_ids) -> None:
+        self._append({"epoch": epoch, "step": step, "pairs": [int(i) for i in pair_ids]})
+
+    def final(self, step: int, model) -> None:
+        import hashlib
+
+        digest = hashlib.sha1()
+        for value in model.parameters():  # parameters, not buffers: BN statistics are per rank
+            digest.update(value.detach().float().cpu().numpy().tobytes())
+        self._append({"final": True, "step": step, "params_sha1": digest.hexdigest()})

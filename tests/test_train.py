@@ -1,0 +1,199 @@
+"""The trainer under real torchrun with gloo: ranks in sync, every pair once, exact resume."""
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from ingest.archive import ArchiveConfig, ingest_archive
+from ingest.synthetic import SyntheticConfig, generate
+from shards.build import BuildConfig, build_shards
+from shards.console import UserError
+from shards.fetch import FetchConfig
+from shards.locate import ShardIndex
+from shards.pairs import PairsConfig, build_pairs
+from shards.resize import ResizeConfig
+from tests.conftest import REPO
+from train.checkpoint import initialise
+from train.config import TrainConfig
+from train.data import load_pairs
+from train.model import build_model
+
+TRAIN_ARGS = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--batch-pairs", "16", "--epochs", "2",
+              "--lr-backbone", "1e-3", "--lr-head", "1e-3", "--val-every", "1000", "--log-every", "1",
+              "--ckpt-every", "2", "--threads", "1", "--backend", "torch", "--audit"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, ray_local):
+    """A small synthetic data set with deliberately uneven shards (37 rows each)."""
+    root = tmp_path_factory.mktemp("train-data")
+    generate(SyntheticConfig(root / "raw", users=8, tweets_per_user=14, image_size=48, seed=5))
+    ingest_archive(ArchiveConfig([root / "raw" / "archive.jsonl"], root / "images.parquet"))
+    build_pairs(PairsConfig(images=root / "images.parquet", out=root / "pairs", max_pairs_per_user=20,
+                            split_shares=(0.75, 0.125, 0.125), seed=1))
+    build_shards(BuildConfig(images=root / "images.parquet", out=root / "shards", only_paired=root / "pairs",
+                             shard_size=37, fetch=FetchConfig(allow_hosts=()), resize=ResizeConfig(size=40)))
+    return root
+
+
+def torchrun(dataset: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """Start a 2-rank job writing its output to OUT.log."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *extra,
+           "-m", "train", "--shards", str(dataset / "shards"), "--pairs", str(dataset / "pairs"),
+           "--out", str(out), *TRAIN_ARGS]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=open(f"{out}.log", "w"), stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, out: Path, timeout: float = 300) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = Path(f"{out}.log").read_text()
+    assert proc.returncode == 0, log[-4000:]
+    return log
+
+
+def audit(run: Path) -> dict:
+    """Per rank: the latest pair ids per (epoch, step), and the final record."""
+    ranks = {}
+    for path in sorted((run / "audit").glob("rank-*.jsonl")):
+        steps, final = {}, None
+        for record in map(json.loads, path.read_text().splitlines()):
+            if record.get("final"):
+                final = record
+            else:
+                steps[(record["epoch"], record["step"])] = record["pairs"]
+        ranks[path.stem] = {"steps": steps, "final": final}
+    return ranks
+
+
+@pytest.fixture(scope="module")
+def clean_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean-run")
+    finish(torchrun(dataset, out), out)
+    return out
+
+
+def test_ranks_stay_in_sync_and_see_every_pair_once_per_epoch(dataset, clean_run):
+    ranks = audit(clean_run)
+    assert set(ranks) == {"rank-0", "rank-1"}
+    finals = [r["final"] for r in ranks.values()]
+    assert finals[0]["params_sha1"] == finals[1]["params_sha1"] and finals[0]["step"] == finals[1]["step"]
+    n_pairs = len(load_pairs(dataset / "pairs" / "train.parquet", ShardIndex(dataset / "shards")))
+    shards = {s.name for s in (dataset / "shards").glob("*.tar")}
+    assert n_pairs % 2 == 1 or len(shards) >= 3  # the layout really is uneven
+    for epoch in (0, 1):
+        seen = collections.Counter()
+        for r in ranks.values():
+            seen.update(i for (e, _), ids in r["steps"].items() if e == epoch for i in ids)
+        assert sorted(seen) == list(range(n_pairs)) and set(seen.values()) == {1}
+    steps = {name: len(r["steps"]) for name, r in ranks.items()}
+    assert len(set(steps.values())) == 1
+
+
+def rank_pid(rank: int, out: Path) -> int | None:
+    """The PID of the training process with RANK=rank writing to `out`."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(out).encode() in cmdline and b"-m" in cmdline and f"RANK={rank}".encode() in environ:
+            if b"torch.distributed.run" not in cmdline:
+                return int(proc.name)
+    return None
+
+
+def test_killed_rank_resumes_at_the_same_step_and_data_position(dataset, clean_run, tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun(dataset, out, "--max-restarts=1")
+    deadline = time.time() + 300
+    while not (out / "state.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    pid = rank_pid(1, out)
+    assert pid is not None, "rank 1 not found"
+    os.kill(pid, signal.SIGKILL)
+    log = finish(proc, out, timeout=180)
+    assert "exitcode: -9" in log
+    resumed, clean = audit(out), audit(clean_run)
+    for name in ("rank-0", "rank-1"):
+        assert resumed[name]["steps"] == clean[name]["steps"]
+        assert resumed[name]["final"]["step"] == clean[name]["final"]["step"]
+    # Same data, same order, optimizer state restored: the very same weights as the clean run.
+    assert resumed["rank-0"]["final"]["params_sha1"] == clean["rank-0"]["final"]["params_sha1"]
+
+
+def test_plain_torchvision_checkpoint_loads_through_iipa_init(tmp_path):
+    """IIPA's released layout: torchvision ResNet-50 keys, fc = Linear(2048, 1)."""
+    reference = torchvision.models.resnet50(weights=None)
+    reference.fc = torch.nn.Linear(2048, 1)
+    torch.save(reference.state_dict(), tmp_path / "model-resnet50.pth")
+    model = build_model("resnet50")
+    assert initialise(model, f"iipa:{tmp_path / 'model-resnet50.pth'}").startswith("weights from")
+    reference.eval(), model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    ddp_style = {f"module.{k}": v for k, v in reference.state_dict().items()}
+    torch.save(ddp_style, tmp_path / "ddp.pth")
+    initialise(build_model("resnet50"), f"iipa:{tmp_path / 'ddp.pth'}")  # the prefix is accepted
+    with pytest.raises(UserError, match="does not match"):
+        initialise(build_model("resnet18"), f"iipa:{tmp_path / 'model-resnet50.pth'}")
+
+
+def test_run_folder_init_and_checkpoint_layout(clean_run):
+    state = torch.load(clean_run / "model.pth", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+    model = build_model("resnet18")
+    initialise(model, str(clean_run))
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+    assert json.loads((clean_run / "model.json").read_text())["preprocess"]["crop"] == 32
+
+
+def test_unreadable_image_is_skipped_and_a_missing_shard_is_a_clear_stop(dataset, tmp_path):
+    from train.loop import train
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for f in (dataset / "shards").iterdir():
+        os.symlink(f, shards / f.name)
+    index = ShardIndex(dataset / "shards")
+    pairs = load_pairs(dataset / "pairs" / "train.parquet", index)
+    victim = index.locate(pairs.hi[0])
+    tar = shards / victim.shard
+    data = bytearray(tar.read_bytes())
+    data[victim.offset:victim.offset + victim.size] = b"\0" * victim.size  # a damaged image
+    tar.unlink()
+    tar.write_bytes(bytes(data))
+    config = TrainConfig.from_dict({
+        "data": {"shards": str(shards), "pairs": str(dataset / "pairs"), "resize": 40, "crop": 32, "threads": 1},
+        "model": {"arch": "resnet18"}, "run": {"out": str(tmp_path / "run"), "batch_pairs": 32, "log_every": 1}})
+    result = train(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result["step"] >= 1 and max(r.get("data/bad_images", 0) for r in records) == 1
+    os.remove(shards / victim.shard)
+    with pytest.raises(UserError, match="shard"):
+        train(config)
+
+
+def test_loss_of_swapped_pairs_is_symmetric():
+    from train.model import pair_loss
+
+    s_hi, s_lo = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 0.0])
+    straight = pair_loss(s_hi, s_lo, torch.tensor([0, 0]))
+    swapped = pair_loss(s_hi, s_lo, torch.tensor([1, 1]))
+    assert torch.allclose(straight, swapped)
+    expected = -np.log(1 / (1 + np.exp(-np.array([1.5, -1.0])))).mean()
+    assert abs(straight.item() - expected) < 1e-6
