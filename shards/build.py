@@ -8,23 +8,25 @@ returns one small summary per shard: results come back in batches, not one Ray c
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from hashlib import sha1
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.console import UserError, progress
+from shards.console import UserError
 from shards.fetch import FetchConfig, fetch
-from shards.resize import ResizeConfig, resize_image
-from shards.schema import IMAGES, OK, SCHEMA_VERSION, conform, read_table, write_json
-from shards.writer import ShardWriter, is_complete, shard_name
+from shards.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
+from shards.resize import RESAMPLE, ResizeConfig, resize_image
+from shards.schema import IMAGES, OK, conform, read_table
+from shards.writer import ShardWriter, is_complete, remove_stale, shard_name
 
 log = logging.getLogger("iipa.shards")
+META_COLUMNS = ("key", "tweet_id", "user_id", "created_at", "retweets", "likes")
+
+__all__ = ["BuildConfig", "build_shards", "start_ray"]
 
 
 @dataclass
@@ -44,13 +46,29 @@ class BuildConfig:
     threads: int = 8
     """Concurrent fetches inside each actor."""
     cpus_per_worker: float = 0.5
-    """Ray CPUs per actor: fractional, as most of the time is spent waiting on I/O."""
+    """Ray CPUs per actor: fractional, as much of the time is spent waiting on I/O."""
     ray_address: str | None = None
     """Address of a running Ray cluster; a local instance is started when unset."""
     prefix: str = "shard"
     """Shard file names are {prefix}-{NNNNNN}.tar."""
+    retries: int = 1
+    """Times a shard is retried on a fresh actor after its actor died (a crash in a decoder)."""
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    """How images are downloaded."""
     resize: ResizeConfig = field(default_factory=ResizeConfig)
+    """How images are stored."""
+
+
+def validate(config: BuildConfig) -> None:
+    """Refuse options that cannot work before any work starts."""
+    if config.shard_size < 1 or config.workers < 1 or config.threads < 1:
+        raise UserError("--shard-size, --workers and --threads must be ≥ 1")
+    if config.resize.size < 16 or not 1 <= config.resize.quality <= 100:
+        raise UserError("--size must be ≥ 16 and --quality between 1 and 100")
+    if config.resize.resample not in RESAMPLE:
+        raise UserError(f"unknown resampling filter {config.resize.resample!r}; choose from {', '.join(RESAMPLE)}")
+    if config.fetch.timeout <= 0 or config.fetch.retries < 0:
+        raise UserError("--timeout must be > 0 and --fetch-retries ≥ 0")
 
 
 def select_rows(config: BuildConfig) -> pa.Table:
@@ -93,29 +111,27 @@ def process_row(row: dict, session, config: BuildConfig) -> tuple[dict, bytes | 
             "sha1": sha1(resized.data).hexdigest()}, resized.data
 
 
-def build_shard(name: str, rows: pa.Table, config: BuildConfig, session) -> dict:
-    """Build one complete shard from its rows; return its summary."""
-    out = Path(config.out)
+def write_shard(out: Path, name: str, results) -> dict:
+    """Write (row, jpeg) results in order into one complete shard; return its summary.
+    The rows of failures go into the Parquet slice only."""
     writer = ShardWriter(out, name)
     done = []
     try:
-        with ThreadPoolExecutor(config.threads) as pool:
-            for row, jpeg in pool.map(lambda r: process_row(r, session, config), rows.to_pylist()):
-                if jpeg is not None:
-                    meta = {k: row[k] for k in ("key", "tweet_id", "user_id", "created_at", "retweets", "likes")}
-                    row["offset"], row["size"] = writer.add(row["key"], jpeg, meta)
-                    row["shard"] = f"{name}.tar"
-                done.append(row)
+        for row, jpeg in results:
+            row = {**row, "shard": None, "offset": None, "size": None}
+            if jpeg is not None:
+                row["offset"], row["size"] = writer.add(row["key"], jpeg, {k: row.get(k) for k in META_COLUMNS})
+                row["shard"] = f"{name}.tar"
+            done.append(row)
         writer.finish(conform(pa.Table.from_pylist(done), IMAGES, name))
     except BaseException:
         writer.abort()
         raise
-    ok = sum(r["status"] == OK for r in done)
-    return {"name": name, "rows": len(done), "ok": ok, "bytes": (out / f"{name}.tar").stat().st_size}
+    return {"name": name, "rows": len(done), "ok": sum(r["status"] == OK for r in done)}
 
 
 class ShardWorker:
-    """A Ray actor that builds whole shards with one pooled HTTP session."""
+    """A Ray actor that builds whole shards with one pooled HTTP session and a thread pool."""
 
     def __init__(self, config: BuildConfig):
         import requests
@@ -123,90 +139,43 @@ class ShardWorker:
 
         self.config = config
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=config.threads)
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=config.threads)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.pool = ThreadPoolExecutor(config.threads)
 
     def build(self, job: tuple[str, pa.Table]) -> dict:
-        # Errors are caught here: one exception inside ActorPool.map_unordered would silently
-        # drop every result after it.
+        # Errors are caught here: an exception escaping a Ray call would surface only as a
+        # failed job; the summary names the shard and what went wrong instead.
         name, rows = job
         try:
-            return build_shard(name, rows, self.config, self.session)
+            results = self.pool.map(lambda r: process_row(r, self.session, self.config), rows.to_pylist())
+            return write_shard(Path(self.config.out), name, results)
         except Exception as exc:
             return {"name": name, "rows": rows.num_rows, "ok": 0, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def start_ray(address: str | None, num_cpus: int | None = None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-
-
-def run_jobs(jobs, config: BuildConfig) -> list[dict]:
-    """Build the shards of `jobs` on a pool of Ray actors, showing progress."""
-    import ray
-    from ray.util import ActorPool
-
-    start_ray(config.ray_address)
-    actor = ray.remote(num_cpus=config.cpus_per_worker)(ShardWorker)
-    pool = ActorPool([actor.remote(config) for _ in range(max(1, min(config.workers, len(jobs))))])
-    results = []
-    with progress(total=sum(rows.num_rows for _, rows in jobs), desc="images", unit="img") as bar:
-        for result in pool.map_unordered(lambda a, job: a.build.remote(job), jobs):
-            results.append(result)
-            bar.update(result["rows"])
-            if "error" in result:
-                log.error("shard %s failed: %s", result["name"], result["error"])
-    return results
-
-
-def write_manifest(config: BuildConfig) -> dict:
-    """manifest.json, summarised from the complete shards' Parquet slices."""
-    out = Path(config.out)
-    shards = []
-    for slice_path in sorted(out.glob(f"{config.prefix}-*.parquet")):
-        status = read_table(slice_path, "images").column("status")
-        counts = pc.value_counts(status).to_pylist()
-        tar = slice_path.with_suffix(".tar")
-        shards.append({"tar": tar.name, "parquet": slice_path.name, "rows": len(status),
-                       "ok": int(pc.sum(pc.equal(status, OK)).as_py() or 0), "bytes": tar.stat().st_size,
-                       "status": {c["values"]: c["counts"] for c in counts}})
-    by_status: dict[str, int] = {}
-    for shard in shards:
-        for status, n in shard["status"].items():
-            by_status[status] = by_status.get(status, 0) + n
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(),
-        "resize": asdict(config.resize),
-        "shards": shards,
-        "rows": sum(s["rows"] for s in shards),
-        "ok": sum(s["ok"] for s in shards),
-        "bytes": sum(s["bytes"] for s in shards),
-        "status": by_status,
-    }
-    write_json(manifest, out / "manifest.json")
-    return manifest
-
-
 def build_shards(config: BuildConfig) -> dict:
     """Build (or resume building) every shard, then the manifest; return the manifest."""
-    if config.shard_size < 1 or config.workers < 1 or config.resize.size < 16:
-        raise UserError("--shard-size and --workers must be ≥ 1 and --size ≥ 16")
+    validate(config)
     table = select_rows(config)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_plan(out, config.prefix, table.column("key").to_pylist(), config.shard_size,
+               {"command": "build", "resize": asdict(config.resize)}, asdict(config))
+    remove_stale(out, config.prefix)
     jobs = plan(table, config)
     log.info("%d rows in %d shards, %d to build", table.num_rows,
              -(-table.num_rows // config.shard_size), len(jobs))
-    failed = [r for r in run_jobs(jobs, config) if "error" in r] if jobs else []
-    manifest = write_manifest(config)
-    manifest["failed_shards"] = failed
+    failed = []
+    if jobs:
+        start_ray(config.ray_address)
+        results = run_pool(ShardWorker, (config,), "build", jobs, config.workers, config.cpus_per_worker,
+                           config.retries, on_dead=lambda job, err: fail_shard(out, job, "worker_died", err))
+        failed = [r for r in results if "error" in r]
+    manifest = write_manifest(out, config.prefix, {"resize": asdict(config.resize), "shard_size": config.shard_size,
+                                                    "remote_size": config.fetch.remote_size})
     if failed:
-        raise RuntimeError(f"{len(failed)} shard(s) failed; rerun to resume: {failed[0]['error']}")
+        raise RuntimeError(f"{len(failed)} shard(s) failed; rerun to resume. First: "
+                           f"{failed[0]['name']}: {failed[0]['error']}")
     return manifest

@@ -1,21 +1,27 @@
 """Fetching an image's bytes from an HTTP(S) URL, a file:// URL or a local path.
 
 Errors of one image are values: `fetch` returns `Fetched(data=...)` or `Fetched(status=..., error=...)`
-and never raises for a bad URL, a slow server or a wrong body.
+and never raises for a bad URL, a slow server or a wrong body. Statuses: `http_NNN`, `timeout`,
+`truncated`, `connection_error`, `too_large`, `empty`, `not_image`, `host_not_allowed`,
+`too_many_redirects`, `bad_url`, `no_url`, `not_found`, `read_error`.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
 X_MEDIA_HOSTS = ("pbs.twimg.com", "ton.twimg.com")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# Transient failures worth another try (besides the HTTP statuses above).
+RETRY_ERRORS = {"timeout", "truncated", "connection_error"}
 # Magic numbers of the image formats Pillow decodes for us; the content type is not trusted.
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+MAX_REDIRECTS = 5
 
 
 @dataclass
@@ -23,28 +29,45 @@ class FetchConfig:
     """How images are fetched (a section of the shards build config)."""
 
     allow_hosts: tuple[str, ...] = X_MEDIA_HOSTS
-    """HTTP hosts images may come from; local files and file:// are always allowed."""
+    """HTTP hosts images may come from (exact names; `.example.com` also allows its subdomains).
+    Every redirect hop is checked too."""
+    allow_local: bool = True
+    """Whether local paths and file:// URLs are allowed (archives and the synthetic set use them)."""
     timeout: float = 10.0
     """Seconds to wait for a connection or for the next bytes of a body."""
+    total_timeout: float = 60.0
+    """Seconds one attempt may take in all, so a server trickling bytes cannot hold a thread."""
     retries: int = 3
-    """Retries after 429, 5xx or a timeout, with exponential backoff honouring Retry-After."""
+    """Retries after 429, 5xx, a timeout, a broken connection or a truncated body."""
     backoff: float = 0.5
-    """First backoff in seconds (doubles each retry)."""
+    """First backoff in seconds (doubles each retry); a Retry-After header takes precedence."""
+    max_retry_after: float = 60.0
+    """Longest Retry-After we honour; a server asking for more gets its status recorded instead."""
     max_bytes: int = 20 * 1024 * 1024
-    """Larger bodies are refused as too_large."""
+    """Larger bodies are refused as too_large (by Content-Length before reading, else while reading)."""
     remote_size: str | None = "medium"
     """Size variant asked of X's media hosts (`name=`), so we never fetch more pixels than we keep."""
 
 
 @dataclass
 class Fetched:
+    """The bytes of one image, or why there are none."""
+
     data: bytes | None = None
     status: str = "ok"
     error: str | None = None
 
 
 def is_image(data: bytes) -> bool:
+    """Whether the bytes start like an image format we decode (the content type is not trusted)."""
     return any(data.startswith(m) for m in MAGIC) and (not data.startswith(b"RIFF") or data[8:12] == b"WEBP")
+
+
+def host_allowed(host: str | None, allow: tuple[str, ...]) -> bool:
+    if not host:
+        return False
+    host = host.lower()
+    return any(host == h or (h.startswith(".") and host.endswith(h)) for h in allow)
 
 
 def x_media_url(url: str, size: str | None) -> str:
@@ -81,58 +104,89 @@ def _checked(data: bytes) -> Fetched:
     return Fetched(data=data)
 
 
-def _retry_after(response: requests.Response | None, attempt: int, config: FetchConfig) -> float:
+def retry_delay(response: requests.Response | None, attempt: int, config: FetchConfig) -> float | None:
+    """Seconds to wait before the next attempt: Retry-After (seconds or an HTTP date) when the
+    server sent one, else exponential backoff; None when the server asks for too long a wait."""
     header = response.headers.get("Retry-After") if response is not None else None
-    if header and header.strip().isdigit():
-        return min(float(header), 60.0)
+    if header:
+        header = header.strip()
+        try:
+            delay = float(header) if header.replace(".", "", 1).isdigit() else (
+                parsedate_to_datetime(header).timestamp() - time.time())
+        except (TypeError, ValueError):
+            delay = None
+        if delay is not None:
+            return max(0.0, delay) if delay <= config.max_retry_after else None
     return config.backoff * 2 ** attempt
+
+
+def _read_body(response: requests.Response, config: FetchConfig, started: float) -> Fetched:
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > config.max_bytes:
+        return Fetched(status="too_large", error=f"Content-Length {length} > {config.max_bytes} bytes")
+    body = bytearray()
+    for chunk in response.iter_content(256 * 1024):
+        body += chunk
+        if len(body) > config.max_bytes:
+            return Fetched(status="too_large", error=f"body over {config.max_bytes} bytes")
+        if time.monotonic() - started > config.total_timeout:
+            return Fetched(status="timeout", error=f"body not complete after {config.total_timeout:g}s")
+    if length.isdigit() and len(body) < int(length):  # a server that closes early without an error
+        return Fetched(status="truncated", error=f"{len(body)} of {length} bytes")
+    return _checked(bytes(body))
 
 
 def _http_once(session: requests.Session, url: str, config: FetchConfig) -> tuple[Fetched, requests.Response | None]:
     """One GET, following redirects by hand so that every hop is checked against the allow-list."""
-    for _ in range(5):
+    started = time.monotonic()
+    for _ in range(MAX_REDIRECTS + 1):
         host = urlsplit(url).hostname
-        if host not in config.allow_hosts:
+        if not host_allowed(host, config.allow_hosts):
             return Fetched(status="host_not_allowed", error=f"host {host} is not in the allow-list"), None
         response = session.get(url, timeout=config.timeout, stream=True, allow_redirects=False)
-        if response.is_redirect:
-            url = requests.compat.urljoin(url, response.headers["Location"])
-            response.close()
-            continue
-        if response.status_code != 200:
-            response.close()
-            return Fetched(status=f"http_{response.status_code}", error=response.reason), response
-        body = bytearray()
-        for chunk in response.iter_content(64 * 1024):
-            body += chunk
-            if len(body) > config.max_bytes:
-                response.close()
-                return Fetched(status="too_large", error=f"body over {config.max_bytes} bytes"), response
-        return _checked(bytes(body)), response
-    return Fetched(status="too_many_redirects", error="more than 5 redirects"), None
+        with response:
+            if response.is_redirect:
+                url = urljoin(url, response.headers["Location"])
+                continue
+            if response.status_code != 200:
+                return Fetched(status=f"http_{response.status_code}", error=response.reason), response
+            return _read_body(response, config, started), response
+    return Fetched(status="too_many_redirects", error=f"more than {MAX_REDIRECTS} redirects"), None
 
 
-def fetch(url: str, session: requests.Session, config: FetchConfig) -> Fetched:
+def _http_attempt(session: requests.Session, url: str, config: FetchConfig) -> tuple[Fetched, requests.Response | None]:
+    try:
+        return _http_once(session, url, config)
+    except requests.Timeout as exc:
+        return Fetched(status="timeout", error=str(exc)[:200]), None
+    except requests.exceptions.ChunkedEncodingError as exc:  # the connection broke inside the body
+        return Fetched(status="truncated", error=str(exc)[:200]), None
+    except requests.exceptions.InvalidURL as exc:
+        return Fetched(status="bad_url", error=str(exc)[:200]), None
+    except requests.RequestException as exc:
+        return Fetched(status="connection_error", error=str(exc)[:200]), None
+
+
+def fetch(url: str | None, session: requests.Session, config: FetchConfig) -> Fetched:
     """Fetch one image's bytes; never raises for a problem of that image."""
-    parts = urlsplit(url or "")
+    if not url:
+        return Fetched(status="no_url", error="the row has no URL")
+    parts = urlsplit(url)
     if parts.scheme in ("", "file"):
-        if not url:
-            return Fetched(status="no_url", error="the row has no URL")
+        if not config.allow_local:
+            return Fetched(status="host_not_allowed", error="local files are not allowed")
         return _read_local(Path(unquote(parts.path) if parts.scheme else url), config)
     if parts.scheme not in ("http", "https"):
         return Fetched(status="bad_url", error=f"unsupported URL scheme {parts.scheme!r}")
     url = x_media_url(url, config.remote_size)
-    result = Fetched(status="error")
     for attempt in range(config.retries + 1):
-        response = None
-        try:
-            result, response = _http_once(session, url, config)
-        except requests.Timeout as exc:
-            result = Fetched(status="timeout", error=str(exc)[:200])
-        except requests.RequestException as exc:
-            return Fetched(status="connection_error", error=str(exc)[:200])
-        retryable = result.status == "timeout" or (response is not None and response.status_code in RETRY_STATUSES)
+        result, response = _http_attempt(session, url, config)
+        retryable = result.status in RETRY_ERRORS or (response is not None and response.status_code in RETRY_STATUSES)
         if not retryable or attempt == config.retries:
             return result
-        time.sleep(_retry_after(response, attempt, config))
+        delay = retry_delay(response, attempt, config)
+        if delay is None:
+            result.error = f"{result.error} (Retry-After over {config.max_retry_after:g}s)"
+            return result
+        time.sleep(delay)
     return result

@@ -12,8 +12,9 @@ import tarfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from shards.schema import write_table
+from shards.schema import IMAGES, conform
 
 
 def shard_name(prefix: str, shard_id: int) -> str:
@@ -21,7 +22,16 @@ def shard_name(prefix: str, shard_id: int) -> str:
 
 
 def is_complete(out: Path, name: str) -> bool:
+    """A shard is complete when its Parquet slice, written last, exists beside its tar."""
     return (out / f"{name}.parquet").exists() and (out / f"{name}.tar").exists()
+
+
+def remove_stale(out: Path, prefix: str) -> list[Path]:
+    """Delete the temporaries a killed run left behind (they are never read, only rewritten)."""
+    stale = [p for p in out.glob(f".{prefix}-*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 class ShardWriter:
@@ -29,7 +39,10 @@ class ShardWriter:
 
     def __init__(self, out: Path, name: str):
         self.out, self.name = Path(out), name
-        self.tmp = self.out / f".{name}.tar.tmp"
+        # A name of its own per writer: an actor of a killed run may still be finishing this
+        # shard while the rerun writes it again; each renames its own complete file into place.
+        self.tag = f"{os.getpid()}-{os.urandom(4).hex()}"
+        self.tmp = self.out / f".{name}.tar.{self.tag}.tmp"
         self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
 
     def _add(self, member: str, data: bytes) -> int:
@@ -42,6 +55,8 @@ class ShardWriter:
         return offset
 
     def add(self, key: str, jpeg: bytes, meta: dict) -> tuple[int, int]:
+        # Members are named {key}.jpg / {key}.json with mode 0444 and mtime 0, so a shard's bytes
+        # depend only on its samples.
         """Write one sample; return (offset, size) of its JPEG inside the tar."""
         offset = self._add(f"{key}.jpg", jpeg)
         self._add(f"{key}.json", json.dumps(meta, default=str).encode())
@@ -51,7 +66,11 @@ class ShardWriter:
         """Close the tar, rename it into place, then write the slice that marks it complete."""
         self.tar.close()
         os.replace(self.tmp, self.out / f"{self.name}.tar")
-        return write_table(rows, self.out / f"{self.name}.parquet", "images")
+        path = self.out / f"{self.name}.parquet"
+        tmp = self.out / f".{self.name}.parquet.{self.tag}.tmp"
+        pq.write_table(conform(rows, IMAGES, self.name), tmp, compression="zstd")
+        os.replace(tmp, path)
+        return path
 
     def abort(self) -> None:
         self.tar.close()

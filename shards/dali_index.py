@@ -1,0 +1,58 @@
+"""DALI index files for the shards: `{name}.idx` beside each tar, for `fn.readers.webdataset`.
+
+The format is DALI's v1.2 (what its `wds2idx` tool writes): a header line `v1.2 SAMPLES`, then
+one line per sample listing, for each of its members, `ext offset size name`, where offset is
+where the member's data starts inside the tar. We read the tar headers ourselves instead of
+calling `wds2idx`, which shells out to GNU tar twice per shard.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+from shards.console import UserError, progress
+
+VERSION = "v1.2"
+
+
+def tar_members(tar_path: Path) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of the regular files of a tar, in order."""
+    with tarfile.open(tar_path, "r:") as tar:
+        return [(m.name, m.offset_data, m.size) for m in tar.getmembers() if m.isreg()]
+
+
+def index_text(members: list[tuple[str, int, int]]) -> str:
+    """The v1.2 index of a tar's members, grouped into samples by key (the name before the
+    first dot of its last path component), as WebDataset and DALI group them."""
+    samples: list[list[str]] = []
+    last = None
+    for name, offset, size in members:
+        base = name.rsplit("/", 1)[-1]
+        stem, _, ext = base.partition(".")
+        if not stem:  # hidden files are not samples
+            continue
+        key = name[: len(name) - len(base)] + stem
+        if key != last:
+            samples.append([])
+            last = key
+        samples[-1].append(f"{ext} {offset} {size} {name}")
+    return f"{VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
+
+
+def write_index(tar_path: Path) -> Path:
+    """Write `{name}.idx` beside a tar, atomically."""
+    idx = tar_path.with_suffix(".idx")
+    tmp = idx.with_name(f".{idx.name}.tmp")
+    tmp.write_text(index_text(tar_members(tar_path)))
+    os.replace(tmp, idx)
+    return idx
+
+
+def index_shards(shards_dir: str | os.PathLike) -> list[Path]:
+    """DALI index files for every tar of a shards folder; return their paths."""
+    folder = Path(shards_dir)
+    tars = sorted(p for p in folder.glob("*.tar") if not p.name.startswith("."))
+    if not tars:
+        raise UserError(f"{folder}: no shards (.tar files) here")
+    return [write_index(tar) for tar in progress(tars, desc="index", unit="shard")]

@@ -1,0 +1,172 @@
+"""What `shards build` and `shards rebuild` share: the Ray actor pool, resume checks, the manifest.
+
+The pool hands whole shard jobs to actors and collects one summary per shard. An actor that
+dies (a crash inside a native decoder, a lost node) is replaced and its shard retried; a shard
+that kills its actor every time is written with every row marked `worker_died`, so nothing is
+lost silently and the rest of the pool carries on.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shards.console import UserError, progress
+from shards.schema import IMAGES, OK, SCHEMA_VERSION, conform, read_table, write_json
+from shards.writer import ShardWriter
+
+log = logging.getLogger("iipa.shards")
+PLAN_FILE = "plan.json"
+# One job in flight per actor, so that when an actor dies we know which shard killed it (a
+# queued job would die with it, and a reply still being sent can be lost with the process).
+# The gap between two shards is one round trip, against seconds of work per shard.
+JOBS_PER_ACTOR = 1
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to a Ray cluster, or start a local instance (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
+def run_pool(actor_cls, actor_args: tuple, method: str, jobs: list[tuple[str, pa.Table]], workers: int,
+             cpus: float, retries: int, on_dead: Callable[[tuple, str], dict]) -> list[dict]:
+    """Run `actor.method(job)` for every job on a pool of `workers` actors; return the summaries.
+
+    A job whose actor died is retried on a fresh actor up to `retries` times, then handed to
+    `on_dead(job, error)`, whose summary stands in for the job's.
+    """
+    import ray
+    from ray.exceptions import RayActorError, WorkerCrashedError
+
+    remote = ray.remote(num_cpus=cpus, max_restarts=0)(actor_cls)
+    actors = [remote.remote(*actor_args) for _ in range(max(1, min(workers, len(jobs))))]
+    queue = [(job, 0) for job in reversed(jobs)]
+    inflight: dict = {}
+
+    def submit(slot: int) -> None:
+        job, attempt = queue.pop()
+        inflight[getattr(actors[slot], method).remote(job)] = (slot, job, attempt)
+
+    for slot in range(len(actors)):
+        for _ in range(JOBS_PER_ACTOR):
+            if queue:
+                submit(slot)
+    results = []
+    with progress(total=sum(rows.num_rows for _, rows in jobs), desc="images", unit="img") as bar:
+        while inflight:
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            slot, job, attempt = inflight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except (RayActorError, WorkerCrashedError) as exc:
+                result = None
+                actors[slot] = _replace(actors[slot], remote, actor_args)
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                log.warning("actor died on shard %s (attempt %d): %s", job[0], attempt + 1, error)
+                if attempt < retries:
+                    queue.append((job, attempt + 1))
+                else:
+                    result = on_dead(job, error)
+            if result is not None:
+                results.append(result)
+                bar.update(result["rows"])
+                if "error" in result:
+                    log.error("shard %s failed: %s", result["name"], result["error"])
+            while queue and sum(s == slot for s, _, _ in inflight.values()) < JOBS_PER_ACTOR:
+                submit(slot)
+    return results
+
+
+def _replace(actor, remote, actor_args):
+    """A fresh actor in place of one that died (its other queued calls fail and are retried)."""
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:  # already gone
+        pass
+    return remote.remote(*actor_args)
+
+
+def fail_shard(out: Path, job: tuple[str, pa.Table], status: str, error: str) -> dict:
+    """Write a complete shard whose every row carries `status`: its tar is empty."""
+    name, rows = job
+    failed = rows.drop_columns([c for c in ("status", "error", "shard", "offset", "size", "width", "height", "sha1")
+                                if c in rows.column_names])
+    failed = failed.append_column("status", pa.array([status] * rows.num_rows, pa.string()))
+    failed = failed.append_column("error", pa.array([error] * rows.num_rows, pa.string()))
+    writer = ShardWriter(out, name)
+    writer.finish(conform(failed, IMAGES, name))
+    return {"name": name, "rows": rows.num_rows, "ok": 0}
+
+
+def plan_digest(keys: list[str], shard_size: int, settings: dict) -> str:
+    digest = hashlib.sha1(repr((shard_size, sorted(settings.items()))).encode())
+    for key in keys:
+        digest.update(key.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def check_plan(out: Path, prefix: str, keys: list[str], shard_size: int, settings: dict,
+               config: dict | None = None) -> None:
+    """Resume only a run with the same plan: the same keys in the same order, shard size and
+    settings. Otherwise resuming could write a key into two shards; refuse instead.
+    `{prefix}-plan.json` records the plan and the resolved `config` of the run."""
+    path = out / f"{prefix}-{PLAN_FILE}"
+    digest = plan_digest(keys, shard_size, settings)
+    if path.exists():
+        import json
+
+        old = json.loads(path.read_text())
+        if old.get("digest") != digest and any(out.glob(f"{prefix}-*.parquet")):
+            raise UserError(f"{out}: holds shards of a different input or settings "
+                            f"({old.get('rows')} rows, shard size {old.get('shard_size')}); "
+                            "use a new --out, or delete the folder to start again")
+    write_json({"digest": digest, "rows": len(keys), "shard_size": shard_size, **settings,
+                "config": config or {}}, path)
+
+
+def shard_summary(slice_path: Path) -> dict:
+    table = read_table(slice_path, "images")
+    status = table.column("status")
+    tar = slice_path.with_suffix(".tar")
+    counts = pc.value_counts(status).to_pylist()
+    return {"tar": tar.name, "parquet": slice_path.name, "rows": table.num_rows,
+            "ok": int(pc.sum(pc.equal(status, OK)).as_py() or 0), "bytes": tar.stat().st_size,
+            "users": len(pc.unique(table.column("user_id"))),
+            "status": {c["values"]: c["counts"] for c in counts}}
+
+
+def write_manifest(out: Path, prefix: str, settings: dict) -> dict:
+    """manifest.json, summarised from the complete shards' Parquet slices (written last)."""
+    shards = [shard_summary(p) for p in sorted(out.glob(f"{prefix}-*.parquet")) if p.with_suffix(".tar").exists()]
+    by_status: dict[str, int] = {}
+    for shard in shards:
+        for status, n in shard["status"].items():
+            by_status[status] = by_status.get(status, 0) + n
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "prefix": prefix,
+        **settings,
+        "shards": shards,
+        "rows": sum(s["rows"] for s in shards),
+        "ok": sum(s["ok"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "status": dict(sorted(by_status.items())),
+    }
+    write_json(manifest, out / "manifest.json")
+    return manifest
