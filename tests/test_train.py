@@ -197,3 +197,21 @@ def test_loss_of_swapped_pairs_is_symmetric():
     assert torch.allclose(straight, swapped)
     expected = -np.log(1 / (1 + np.exp(-np.array([1.5, -1.0])))).mean()
     assert abs(straight.item() - expected) < 1e-6
+
+
+def test_non_finite_loss_is_skipped_then_stops(dataset, tmp_path):
+    from train.data import PairBatch
+    from train.loop import Trainer
+
+    config = TrainConfig.from_dict({
+        "data": {"shards": str(dataset / "shards"), "pairs": str(dataset / "pairs"), "resize": 40, "crop": 32},
+        "model": {"arch": "resnet18"}, "run": {"out": str(tmp_path / "run"), "max_bad_steps": 1}})
+    trainer = Trainer(config)
+    before = [p.detach().clone() for p in trainer.raw_model.parameters()]
+    images = torch.full((2, 3, 32, 32), float("nan"))
+    batch = PairBatch(images, torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), np.array([0]))
+    loss, _, _ = trainer.train_step(batch)
+    assert loss == 0.0 and trainer.bad_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.raw_model.parameters()))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        trainer.train_step(batch)

@@ -1,0 +1,23 @@
+"""`iipa bench` runs and reports a same-run ratio (a smoke run: --quick measures nothing)."""
+import json
+
+from tests.conftest import run_iipa
+
+
+def test_bench_loader_and_train_report_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_iipa("bench", "loader", "train", "--quick", "--workdir", str(tmp_path / "w"), "--json", str(out),
+                      timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["stage"] for r in results] == ["loader", "train"]
+    for r in results:
+        assert r["value"] > 0 and r["baseline_value"] > 0
+        assert abs(r["ratio"] - r["value"] / r["baseline_value"]) < 1e-9
+    assert 0 <= results[1]["data_wait_share"] < 1
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_bench_stage_is_one_line():
+    result = run_iipa("bench", "warp")
+    assert result.returncode == 2 and "unknown stage" in result.stderr and len(result.stderr.splitlines()) == 1
