@@ -147,12 +147,16 @@ class ShardWorker:
     def build(self, job: tuple[str, pa.Table]) -> dict:
         # Errors are caught here: an exception escaping a Ray call would surface only as a
         # failed job; the summary names the shard and what went wrong instead.
+        import ray
+
         name, rows = job
+        node = ray.get_runtime_context().get_node_id()  # which node built it: shows work spread
         try:
             results = self.pool.map(lambda r: process_row(r, self.session, self.config), rows.to_pylist())
-            return write_shard(Path(self.config.out), name, results)
+            return {**write_shard(Path(self.config.out), name, results), "node": node}
         except Exception as exc:
-            return {"name": name, "rows": rows.num_rows, "ok": 0, "error": f"{type(exc).__name__}: {exc}"}
+            return {"name": name, "rows": rows.num_rows, "ok": 0, "node": node,
+                    "error": f"{type(exc).__name__}: {exc}"}
 
 
 def build_shards(config: BuildConfig) -> dict:
@@ -167,15 +171,16 @@ def build_shards(config: BuildConfig) -> dict:
     jobs = plan(table, config)
     log.info("%d rows in %d shards, %d to build", table.num_rows,
              -(-table.num_rows // config.shard_size), len(jobs))
-    failed = []
+    failed, nodes = [], set()
     if jobs:
         start_ray(config.ray_address)
         results = run_pool(ShardWorker, (config,), "build", jobs, config.workers, config.cpus_per_worker,
                            config.retries, on_dead=lambda job, err: fail_shard(out, job, "worker_died", err))
         failed = [r for r in results if "error" in r]
+        nodes = {r["node"] for r in results if r.get("node")}
     manifest = write_manifest(out, config.prefix, {"resize": asdict(config.resize), "shard_size": config.shard_size,
                                                     "remote_size": config.fetch.remote_size})
     if failed:
         raise RuntimeError(f"{len(failed)} shard(s) failed; rerun to resume. First: "
                            f"{failed[0]['name']}: {failed[0]['error']}")
-    return manifest
+    return {**manifest, "built_on_nodes": sorted(nodes)}

@@ -75,7 +75,7 @@ def _build(args) -> int:
                           max_bytes=args.max_bytes, remote_size=args.remote_size or None),
         resize=ResizeConfig(size=args.size, quality=args.quality, resample=args.resample))
     manifest = build_shards(config)
-    print(json.dumps({k: manifest[k] for k in ("rows", "ok", "bytes", "status")}))
+    print(json.dumps({k: manifest[k] for k in ("rows", "ok", "bytes", "status", "built_on_nodes")}))
     return 0
 
 

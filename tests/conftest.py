@@ -98,3 +98,23 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def train_dataset(tmp_path_factory, ray_local) -> Path:
+    """A small synthetic data set (images, pairs, shards) with deliberately uneven shards (37 rows)."""
+    from ingest.archive import ArchiveConfig, ingest_archive
+    from ingest.synthetic import SyntheticConfig, generate
+    from shards.build import BuildConfig, build_shards
+    from shards.fetch import FetchConfig
+    from shards.pairs import PairsConfig, build_pairs
+    from shards.resize import ResizeConfig
+
+    root = tmp_path_factory.mktemp("train-data")
+    generate(SyntheticConfig(root / "raw", users=8, tweets_per_user=14, image_size=48, seed=5))
+    ingest_archive(ArchiveConfig([root / "raw" / "archive.jsonl"], root / "images.parquet"))
+    build_pairs(PairsConfig(images=root / "images.parquet", out=root / "pairs", max_pairs_per_user=20,
+                            split_shares=(0.75, 0.125, 0.125), seed=1))
+    build_shards(BuildConfig(images=root / "images.parquet", out=root / "shards", only_paired=root / "pairs",
+                             shard_size=37, fetch=FetchConfig(allow_hosts=()), resize=ResizeConfig(size=40)))
+    return root

@@ -13,14 +13,8 @@ import pytest
 import torch
 import torchvision
 
-from ingest.archive import ArchiveConfig, ingest_archive
-from ingest.synthetic import SyntheticConfig, generate
-from shards.build import BuildConfig, build_shards
 from shards.console import UserError
-from shards.fetch import FetchConfig
 from shards.locate import ShardIndex
-from shards.pairs import PairsConfig, build_pairs
-from shards.resize import ResizeConfig
 from tests.conftest import REPO
 from train.checkpoint import initialise
 from train.config import TrainConfig
@@ -33,16 +27,8 @@ TRAIN_ARGS = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--batch-p
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, ray_local):
-    """A small synthetic data set with deliberately uneven shards (37 rows each)."""
-    root = tmp_path_factory.mktemp("train-data")
-    generate(SyntheticConfig(root / "raw", users=8, tweets_per_user=14, image_size=48, seed=5))
-    ingest_archive(ArchiveConfig([root / "raw" / "archive.jsonl"], root / "images.parquet"))
-    build_pairs(PairsConfig(images=root / "images.parquet", out=root / "pairs", max_pairs_per_user=20,
-                            split_shares=(0.75, 0.125, 0.125), seed=1))
-    build_shards(BuildConfig(images=root / "images.parquet", out=root / "shards", only_paired=root / "pairs",
-                             shard_size=37, fetch=FetchConfig(allow_hosts=()), resize=ResizeConfig(size=40)))
-    return root
+def dataset(train_dataset):
+    return train_dataset
 
 
 def torchrun(dataset: Path, out: Path, *extra: str) -> subprocess.Popen:

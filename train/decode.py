@@ -35,7 +35,8 @@ class TorchDecoder:
         w, h = img.size
         scale = c.resize / min(w, h)
         size = (c.crop, c.crop) if c.squash else (max(c.crop, round(w * scale)), max(c.crop, round(h * scale)))
-        img.draft("RGB", size)  # DCT-domain downscale first where the JPEG is much larger
+        if not c.squash:  # squash reproduces IIPA's script, which resizes from full resolution
+            img.draft("RGB", size)  # DCT-domain downscale first where the JPEG is much larger
         img = img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
         if self.train:
             rng = np.random.default_rng(seed)

@@ -1,0 +1,50 @@
+"""The Ray scheduler of `iipa launch train`: training as a Ray job on an existing Ray cluster.
+
+A placement group reserves one bundle per node (strictly spread over distinct nodes), an actor in
+each bundle runs that node's torchrun, and the first actor's node hosts the rendezvous. Ray only
+places and watches the launchers; torchrun and DDP do the rest exactly as on any other cluster.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+class NodeLauncher:
+    """Runs one node's torchrun in the actor's node and returns its exit status."""
+
+    def ip(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def run(self, cmd: list[str], cwd: str) -> int:
+        # This node's Python, which may live elsewhere than the driver's.
+        return subprocess.call([sys.executable, *cmd[1:]], cwd=cwd if os.path.isdir(cwd) else None)
+
+
+def with_endpoint(cmd: list[str], endpoint: str) -> list[str]:
+    return [f"--rdzv-endpoint={endpoint}" if c.startswith("--rdzv-endpoint=") else c for c in cmd]
+
+
+def run_on_ray(config, cmd: list[str]) -> int:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    ray.init(address=config.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    gpus = config.gpus_per_node if ray.cluster_resources().get("GPU", 0) else 0
+    bundle = {"CPU": 1, **({"GPU": gpus} if gpus else {})}
+    group = placement_group([bundle] * config.nodes, strategy="STRICT_SPREAD" if config.nodes > 1 else "PACK")
+    ray.get(group.ready(), timeout=600)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(NodeLauncher)
+    actors = [remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)).remote()
+              for i in range(config.nodes)]
+    port = config.rdzv.rpartition(":")[2]
+    cmd = with_endpoint(cmd, f"{ray.get(actors[0].ip.remote())}:{port}")
+    try:
+        codes = ray.get([a.run.remote(cmd, os.getcwd()) for a in actors])
+    finally:
+        remove_placement_group(group)
+    return max(codes)
