@@ -1,12 +1,14 @@
 """Command line of the PDIP builder: `iipa pairs build` (`python -m shards pairs build`)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from shards.console import Parser, UserError, run_main
 from shards.pairs import PairsConfig, build_pairs
+from shards.pairstats import summary
 
 
 def _floats(text: str, n: int, flag: str) -> tuple[float, ...]:
@@ -38,17 +40,22 @@ def pairs_parser(prog: str) -> Parser:
     p.add_argument("--max-caption-words", type=int, help="ding: at most this many caption words")
     p.add_argument("--min-likes", type=int, help="ding: at least this many likes")
     p.add_argument("--min-age-days", type=float, help="ding: posts at least this old when counted")
-    p.add_argument("--max-pairs-per-user", type=int, help="cap of pairs per user (0: none)")
+    p.add_argument("--max-pairs-per-user", type=int, help="cap of pairs per user (0: none; default 1000, ding none)")
+    p.add_argument("--identical-tags", action=argparse.BooleanOptionalAction, help="ding: same hashtags and mentions")
+    p.add_argument("--single-photo", action=argparse.BooleanOptionalAction, help="ding: single-photo tweets only")
+    p.add_argument("--one-pair-per-image", action=argparse.BooleanOptionalAction, help="ding: each image in one pair")
     p.add_argument("--all-candidates", action="store_true", help="emit every pair that passes the rules")
     p.add_argument("--split", default="user", choices=["user", "pair"], help="split by user or by pair")
     p.add_argument("--split-shares", default="0.8,0.1,0.1", help="train,val,test shares")
     p.add_argument("--seed", type=int, default=0, help="seed of every draw")
+    p.add_argument("--no-plot", action="store_true", help="do not write pairs.png")
     p.set_defaults(handler=_pairs)
     return parser
 
 
 THRESHOLD_FLAGS = ("sigma", "threshold", "max_days", "max_caption_diff", "min_common_hashtags", "extra_share",
-                   "extra_min_retweets", "max_caption_words", "min_likes", "min_age_days", "max_pairs_per_user")
+                   "extra_min_retweets", "max_caption_words", "min_likes", "min_age_days", "max_pairs_per_user",
+                   "identical_tags", "single_photo", "one_pair_per_image")
 
 
 def _pairs(args) -> int:
@@ -59,8 +66,9 @@ def _pairs(args) -> int:
     config = PairsConfig(images=args.images, out=args.out, preset=args.preset,
                          weights=_floats(args.weights, 2, "--weights"), all_candidates=args.all_candidates,
                          split=args.split, split_shares=_floats(args.split_shares, 3, "--split-shares"),
-                         seed=args.seed, **options)
+                         seed=args.seed, plot=not args.no_plot, **options)
     stats = build_pairs(config)
+    print(summary(stats))
     print(json.dumps({"pairs": stats["pairs"], **{s: v["pairs"] for s, v in stats["splits"].items()}}))
     return 0
 
