@@ -8,20 +8,42 @@ from pathlib import Path
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.reader import READERS, FormatError
 from ingest.synthetic import SyntheticConfig, generate
+from ingest.table import parse_columns
 from shards.console import Parser, UserError, run_main
 
 
 def build_parser(prog: str = "iipa ingest") -> Parser:
-    parser = Parser(prog=prog, description="Tweets in: archives or the synthetic set → images table.")
+    parser = Parser(prog=prog, description="Tweets in: the X API, archives or the synthetic set → images table.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
+    p = sub.add_parser("search", help="search the X API v2 (tweepy), saving raw pages as twarc2 JSONL",
+                       description="Search recent (or, with --all, all) original photo tweets through the X API "
+                                   "v2 and save the raw response pages as twarc2 JSONL; run again to resume. "
+                                   "The bearer token is read from X_BEARER_TOKEN.")
+    p.add_argument("--hashtags", default="", help="hashtags to search for (any of them), comma-separated")
+    p.add_argument("--query", help="a raw X search query (combined with --hashtags if both are given)")
+    p.add_argument("--since", help="earliest creation time (ISO date or time, UTC)")
+    p.add_argument("--until", help="latest creation time, exclusive (ISO date or time, UTC)")
+    p.add_argument("--max-tweets", type=int, help="stop after this many tweets (pages hold 10 or more)")
+    p.add_argument("--all", action="store_true", help="full-archive search (search_all_tweets)")
+    p.add_argument("--page-size", type=int, default=100, help="tweets per request (10..100, 500 with --all)")
+    p.add_argument("--out", required=True, type=Path, help="twarc2 JSONL file for the raw pages")
+    p.add_argument("--images", type=Path, help="also ingest the pages into this images table at the end")
+    p.set_defaults(handler=_search)
+
     p = sub.add_parser("archive", help="parse tweet archives into the images table (status pending)",
-                       description="Parse tweet archives into the images table, one row per photo.")
-    p.add_argument("paths", nargs="+", type=Path, help="archive files")
+                       description="Parse tweet archives into the images table, one row per photo: twarc2 "
+                                   "pages, twarc2 flattened tweets (v2), API v1.1 tweets, X account archives "
+                                   "(their folder or data/tweets.js) and CSV/Parquet tables.")
+    p.add_argument("paths", nargs="+", type=Path, help="archive files (an account archive may be its folder)")
     p.add_argument("--out", required=True, type=Path, help="images table (.parquet file or folder)")
-    p.add_argument("--format", default="auto", choices=["auto", *READERS], help="archive format")
+    p.add_argument("--format", default="auto", choices=["auto", *READERS], help="archive format (auto: per file)")
+    p.add_argument("--columns", help="for tables: field=column,... (fields: tweet_id, user_id, created_at, url, "
+                                     "text, hashtags, mentions, retweets, likes, replies, quotes, collected_at, "
+                                     "media_key, is_retweet)")
     p.add_argument("--collected-at", help="when the counts were read (ISO time), if the archive does not say")
     p.add_argument("--media", default="photo", help="media types to keep, comma-separated (photo,video,animated_gif)")
+    p.add_argument("--no-originals", action="store_true", help="drop the originals that retweets embed, too")
     p.set_defaults(handler=_archive)
 
     p = sub.add_parser("synthetic", help="write the embedded synthetic data set",
@@ -35,10 +57,26 @@ def build_parser(prog: str = "iipa ingest") -> Parser:
     return parser
 
 
+def _search(args) -> int:
+    from ingest.search import SearchConfig, search_tweets
+
+    config = SearchConfig(out=args.out, hashtags=[t for t in args.hashtags.split(",") if t.strip()],
+                          query=args.query, since=args.since, until=args.until, max_tweets=args.max_tweets,
+                          full_archive=args.all, page_size=args.page_size, images=args.images)
+    print(json.dumps(search_tweets(config)))
+    return 0
+
+
 def _archive(args) -> int:
-    config = ArchiveConfig(paths=args.paths, out=args.out, format=args.format,
-                           collected_at=args.collected_at, media=args.media.split(","))
-    print(json.dumps(ingest_archive(config)))
+    media = [m.strip() for m in args.media.split(",") if m.strip()]
+    unknown = sorted(set(media) - {"photo", "video", "animated_gif"})
+    if unknown or not media:
+        raise UserError(f"--media: unknown type(s) {', '.join(unknown) or '(none)'}; choose photo, video, animated_gif")
+    config = ArchiveConfig(paths=args.paths, out=args.out, format=args.format, collected_at=args.collected_at,
+                           media=media, columns=parse_columns(args.columns) or None, originals=not args.no_originals)
+    summary = ingest_archive(config)
+    del summary["config"]
+    print(json.dumps(summary))
     return 0
 
 

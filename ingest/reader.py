@@ -1,17 +1,23 @@
 """Readers: tweets from archive files into rows of the images table (one row per photo).
 
 Each format is a generator over one file that yields row dicts (the columns of
-`shards.schema.IMAGES` that metadata can fill) or `Malformed` markers for lines it could not
-use, so one bad line is counted and reported without stopping the run.
+`shards.schema.IMAGES` that metadata can fill), `pyarrow.Table` batches of such rows (from a
+vectorised fast path), or `Malformed` markers for records it could not use, so one bad record is
+counted and reported without stopping the run. Readers stream: memory does not grow with the file.
+
+Formats (the keys of `READERS`): `twarc2` (raw API v2 response pages, one per line), `v2`
+(twarc2 *flattened* tweets, one per line, expansions inlined), `v1` (API v1.1 tweets as JSONL or
+JSON arrays), `account` (the archive X lets a user download) and `table` (CSV or Parquet).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from shards.schema import PENDING
 
@@ -19,11 +25,15 @@ URL_RE = re.compile(r"https?://\S+")
 TAG_RE = re.compile(r"[#＃]\w+")
 MENTION_RE = re.compile(r"[@＠]\w+")
 WORD_RE = re.compile(r"\w+(?:'\w+)?")
+# v1.1 media ids become v2-style media keys (type prefix + id), so both APIs name a photo alike.
+MEDIA_KEY_PREFIX = {"photo": "3", "video": "7", "animated_gif": "16"}
+ARRAY_CHUNK = 1 << 20
+MAX_RECORD_CHARS = 64 << 20  # one JSON record larger than this is malformed, not buffered further
 
 
 @dataclass
 class Malformed:
-    """A line of an input file that could not be parsed."""
+    """A line (or record) of an input file that could not be parsed."""
 
     path: str
     line: int
@@ -40,18 +50,29 @@ def caption_words(text: str) -> list[str]:
     return [w.lower() for w in WORD_RE.findall(text)]
 
 
+def tags_in(text: str) -> tuple[list[str], list[str]]:
+    """Lower-cased hashtags and mentions written in a caption (for sources without entities)."""
+    text = URL_RE.sub(" ", text or "")
+    return ([t[1:].lower() for t in TAG_RE.findall(text)], [m[1:].lower() for m in MENTION_RE.findall(text)])
+
+
 def parse_time(value) -> datetime | None:
     """An ISO-8601 (v2) or `Mon Dec 21 17:00:02 +0000 2020` (v1.1) time as an aware UTC datetime."""
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     text = str(value)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         parsed = datetime.strptime(text, "%a %b %d %H:%M:%S %z %Y")
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def file_time(path: Path) -> datetime:
+    """When a file was last written: the best guess of when its counts were read."""
+    return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
 
 
 def _count(metrics: dict, name: str) -> int | None:
@@ -59,12 +80,25 @@ def _count(metrics: dict, name: str) -> int | None:
     return None if value is None else int(value)
 
 
-def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types: set[str]) -> list[dict]:
+def photo_rows(base: dict, media: list[tuple[str | None, str | None]]) -> list[dict]:
+    """One row per kept medium (media_key, url) of a tweet whose shared columns are `base`."""
+    base = {**base, "media_count": len(media), "status": PENDING}
+    return [{**base, "key": f"{base['tweet_id']}_{i}", "media_key": key, "url": url}
+            for i, (key, url) in enumerate(media)]
+
+
+# ---- API v2 (twarc2 pages and flattened tweets) -------------------------------------------
+
+
+def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types) -> list[dict]:
     """Rows for one API v2 tweet object: one per photo (or other asked-for media type)."""
     refs = {r.get("type") for r in tweet.get("referenced_tweets") or []}
     if "retweeted" in refs:
         return []
-    media = [media_by_key[k] for k in (tweet.get("attachments") or {}).get("media_keys", [])
+    attachments = tweet.get("attachments") or {}
+    if media_by_key is None:  # flattened: the media objects sit inside the tweet
+        media_by_key = {m["media_key"]: m for m in attachments.get("media") or []}
+    media = [media_by_key[k] for k in attachments.get("media_keys", [])
              if k in media_by_key and media_by_key[k].get("type") in media_types]
     if not media:
         return []
@@ -84,49 +118,266 @@ def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types: se
         "likes": _count(metrics, "like_count"),
         "replies": _count(metrics, "reply_count"),
         "quotes": _count(metrics, "quote_count"),
-        "media_count": len(media),
-        "status": PENDING,
     }
-    return [
-        {**base, "key": f"{base['tweet_id']}_{i}", "media_key": m.get("media_key"),
-         "url": m.get("url") or m.get("preview_image_url")}
-        for i, m in enumerate(media)
-    ]
+    return photo_rows(base, [(m.get("media_key"), m.get("url") or m.get("preview_image_url")) for m in media])
 
 
-def read_twarc2(path: Path, collected_at=None, media_types=frozenset({"photo"})) -> Iterator[dict | Malformed]:
-    """twarc2 JSONL: one raw API v2 response page per line (`data`, `includes.media`, `__twarc`)."""
+def retweeted_originals(tweet: dict, by_id: dict) -> list[dict]:
+    """The original tweets a v2 retweet points at, where the page or line carries them."""
+    return [by_id[r["id"]] for r in tweet.get("referenced_tweets") or []
+            if r.get("type") == "retweeted" and r.get("id") in by_id]
+
+
+def twarc2_page_rows(page: dict, collected_at, media_types, originals: bool = True) -> list[dict]:
+    """Rows of one raw v2 response page (`data`, `includes`, optional `__twarc`)."""
+    # A search's last page may hold no tweets at all, only its `meta`.
+    data = page["data"] if "data" in page or "meta" not in page else []
+    tweets = data if isinstance(data, list) else [data]
+    includes = page.get("includes") or {}
+    media = {m["media_key"]: m for m in includes.get("media", [])}
+    when = parse_time((page.get("__twarc") or {}).get("retrieved_at")) or collected_at
+    rows = [r for t in tweets for r in v2_tweet_rows(t, media, when, media_types)]
+    if originals:
+        by_id = {str(t.get("id")): t for t in includes.get("tweets", [])}
+        for tweet in tweets:
+            for original in retweeted_originals(tweet, by_id):
+                rows += _quiet_rows(v2_tweet_rows, original, media, when, media_types)
+    return rows
+
+
+def _quiet_rows(fn, *args) -> list[dict]:
+    """Rows of an embedded original, or none when it lacks fields (the record itself is fine)."""
+    try:
+        return fn(*args)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON or the exception) for each non-empty line of a file."""
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                page = json.loads(line)
-                data = page["data"]
-                tweets = data if isinstance(data, list) else [data]
-                media = {m["media_key"]: m for m in (page.get("includes") or {}).get("media", [])}
-                when = collected_at or parse_time((page.get("__twarc") or {}).get("retrieved_at"))
-                rows = [r for t in tweets for r in v2_tweet_rows(t, media, when, media_types)]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+                yield number, json.loads(line)
+            except ValueError as exc:
+                yield number, exc
+
+
+def _per_line(path: Path, rows_of) -> Iterator[dict | Malformed]:
+    """Apply `rows_of(obj)` to every JSON line; a line that fails becomes a `Malformed`."""
+    for number, obj in json_lines(path):
+        try:
+            if isinstance(obj, Exception):
+                raise obj
+            rows = rows_of(obj)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+            continue
+        yield from rows
+
+
+def read_twarc2(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,
+                **_) -> Iterator[dict | Malformed]:
+    """twarc2 JSONL: one raw API v2 response page per line (`data`, `includes.media`, `__twarc`).
+
+    This is the reference implementation; `ingest.fastpath.read_twarc2_fast` gives the same rows.
+    """
+    fallback = collected_at or file_time(path)
+    yield from _per_line(Path(path), lambda page: twarc2_page_rows(page, fallback, media_types, originals))
+
+
+def flat_tweet_rows(tweet: dict, collected_at, media_types, originals: bool = True) -> list[dict]:
+    """Rows of one twarc2-flattened tweet (`author`, `attachments.media`, `__twarc` inlined)."""
+    if not isinstance(tweet, dict) or "id" not in tweet:
+        raise KeyError("id")
+    when = parse_time((tweet.get("__twarc") or {}).get("retrieved_at")) or collected_at
+    if "author_id" not in tweet and isinstance(tweet.get("author"), dict):
+        tweet = {**tweet, "author_id": tweet["author"].get("id")}
+    rows = v2_tweet_rows(tweet, None, when, media_types)
+    if originals:
+        for ref in tweet.get("referenced_tweets") or []:
+            if ref.get("type") == "retweeted" and "attachments" in ref:
+                rows += _quiet_rows(flat_tweet_rows, ref, when, media_types, False)
+    return rows
+
+
+def read_v2(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,
+            **_) -> Iterator[dict | Malformed]:
+    """twarc2 flattened JSONL: one tweet per line with its expansions inlined."""
+    fallback = collected_at or file_time(path)
+    yield from _per_line(Path(path), lambda tweet: flat_tweet_rows(tweet, fallback, media_types, originals))
+
+
+# ---- API v1.1 ---------------------------------------------------------------------------
+
+
+def v1_media(tweet: dict, media_types) -> list[dict]:
+    """The media objects of a v1.1 tweet of the asked-for types (`extended_entities` first)."""
+    media = (tweet.get("extended_entities") or {}).get("media") or (tweet.get("entities") or {}).get("media") or []
+    return [m for m in media if m.get("type", "photo") in media_types]
+
+
+def v1_tweet_rows(tweet: dict, collected_at, media_types, originals: bool = True, user_id: str | None = None,
+                  local_media=None) -> list[dict]:
+    """Rows of one v1.1 tweet (or account-archive tweet: counts as strings, owner given).
+
+    A retweet gives no rows of its own; its embedded original (`retweeted_status`) may.
+    `local_media(tweet_id, media)` returns a local file URI for a photo where one exists.
+    """
+    if not isinstance(tweet, dict):
+        raise TypeError(f"a tweet is a JSON object, not {type(tweet).__name__}")
+    if "retweeted_status" in tweet:
+        original = tweet["retweeted_status"]
+        return _quiet_rows(v1_tweet_rows, original, collected_at, media_types, False) if originals else []
+    text = tweet.get("full_text") or tweet.get("text") or ""
+    if user_id is not None and text.startswith("RT @"):
+        return []  # the account archive marks retweets only by their text
+    media = v1_media(tweet, media_types)
+    if not media:
+        return []
+    tweet_id = str(tweet.get("id_str") or tweet["id"])
+    entities = tweet.get("entities") or {}
+    user = tweet.get("user") or {}
+    base = {
+        "tweet_id": tweet_id,
+        "user_id": str(user_id or user.get("id_str") or user["id"]),
+        "created_at": parse_time(tweet["created_at"]),
+        "collected_at": collected_at,
+        "text": text,
+        "hashtags": [h["text"].lower() for h in entities.get("hashtags") or []],
+        "mentions": [m["screen_name"].lower() for m in entities.get("user_mentions") or []],
+        "caption_words": caption_words(text),
+        "retweets": _count(tweet, "retweet_count"),
+        "likes": _count(tweet, "favorite_count"),
+        "replies": _count(tweet, "reply_count"),
+        "quotes": _count(tweet, "quote_count"),
+    }
+    photos = []
+    for m in media:
+        media_id = str(m.get("id_str") or m.get("id") or "")
+        key = m.get("media_key") or (f"{MEDIA_KEY_PREFIX.get(m.get('type', 'photo'), '3')}_{media_id}" if media_id else None)
+        url = (local_media and local_media(tweet_id, m)) or m.get("media_url_https") or m.get("media_url")
+        photos.append((key, url))
+    return photo_rows(base, photos)
+
+
+def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[int, object]]:
+    """(line number, item or exception) for each element of a JSON array, read in chunks.
+
+    `skip_prefix` drops everything before the first `[` (the `window.YTD.… =` of account
+    archives). A record that cannot be decoded ends the file with one exception item, since an
+    array gives no safe point to resynchronise at.
+    """
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8-sig") as f:
+        buf, line, eof = f.read(ARRAY_CHUNK), 1, False
+        start = buf.find("[")
+        if start < 0 or (not skip_prefix and buf[:start].strip()):
+            yield 1, ValueError("not a JSON array")
+            return
+        line += buf.count("\n", 0, start)
+        pos = start + 1
+        while True:
+            while True:  # skip whitespace and the comma between items
+                while pos < len(buf) and buf[pos] in " \t\r\n,":
+                    line += buf[pos] == "\n"
+                    pos += 1
+                if pos < len(buf) or eof:
+                    break
+                buf, pos = f.read(ARRAY_CHUNK), 0
+                eof = not buf
+            if pos >= len(buf) or buf[pos] == "]":
+                return
+            try:
+                item, end = decoder.raw_decode(buf, pos)
+            except ValueError as exc:
+                if eof or len(buf) - pos > MAX_RECORD_CHARS:
+                    yield line, exc
+                    return
+                more = f.read(ARRAY_CHUNK)
+                eof = not more
+                buf, pos = buf[pos:] + more, 0
                 continue
-            yield from rows
+            yield line, item
+            line += buf.count("\n", pos, end)
+            pos = end
 
 
-READERS = {"twarc2": read_twarc2}
+def is_json_array(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+def read_v1(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,
+            **_) -> Iterator[dict | Malformed]:
+    """API v1.1 tweets: JSONL (tweets or `{"statuses": [...]}` search pages) or a JSON array."""
+    path = Path(path)
+    when = collected_at or file_time(path)
+
+    def rows_of(obj) -> list[dict]:
+        if isinstance(obj, dict) and isinstance(obj.get("statuses"), list):
+            return [r for t in obj["statuses"] for r in v1_tweet_rows(t, when, media_types, originals)]
+        if isinstance(obj, list):
+            return [r for t in obj for r in v1_tweet_rows(t, when, media_types, originals)]
+        return v1_tweet_rows(obj, when, media_types, originals)
+
+    items = json_array_items(path) if is_json_array(path) else json_lines(path)
+    for number, obj in items:
+        try:
+            if isinstance(obj, Exception):
+                raise obj
+            rows = rows_of(obj)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+            continue
+        yield from rows
 
 
 def detect_format(path: Path) -> str:
-    """Guess an archive's format from its first non-empty line."""
+    """Guess an archive's format from its name and first record; a file of no known format is an error."""
+    path = Path(path)
+    if path.is_dir():
+        from ingest.account import tweet_files
+
+        if tweet_files(path):
+            return "account"
+        raise FormatError(f"{path}: a folder, but not an X account archive (no data/tweets.js)")
+    if path.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq"):
+        return "table"
     try:
         with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            f.seek(0)
             first = next((line for line in f if line.strip()), b"")
     except OSError as exc:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from exc
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped.startswith(b"window.YTD."):
+        return "account"
+    if stripped.startswith(b"["):
+        return "v1"  # v1.1 timelines and exports are JSON arrays; v2 pages never are
     try:
         obj = json.loads(first)
     except ValueError:
         obj = None
-    if isinstance(obj, dict) and "data" in obj:
-        return "twarc2"
-    raise FormatError(f"{path}: unrecognised archive format (expected twarc2 JSONL pages)")
+    if isinstance(obj, dict):
+        if "data" in obj:
+            return "twarc2"
+        if "id_str" in obj or "statuses" in obj or "retweeted_status" in obj or "full_text" in obj:
+            return "v1"
+        if "id" in obj and ("author_id" in obj or "author" in obj or "__twarc" in obj or "edit_history_tweet_ids" in obj):
+            return "v2"
+    raise FormatError(f"{path}: unrecognised archive format (expected twarc2 JSONL pages, flattened v2 tweets, "
+                      "v1.1 tweets, an account archive, or a .csv/.parquet table)")
+
+
+# The other formats live in their own modules, which import the helpers above; importing them
+# here, after those helpers exist, keeps one `READERS` dict that every caller shares.
+from ingest.account import read_account
+from ingest.fastpath import read_twarc2_fast
+from ingest.table import read_table_file
+
+READERS = {"twarc2": read_twarc2_fast, "v2": read_v2, "v1": read_v1, "account": read_account, "table": read_table_file}

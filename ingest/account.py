@@ -1,0 +1,111 @@
+"""The archive X lets a user download: `data/tweets.js` and friends, read as tweets.
+
+Layout: `data/tweets.js` (or `tweets-part1.js`…, `tweet.js` in older archives) holds
+`window.YTD.tweets.part0 = [{"tweet": {...}}, ...]` with v1.1-like tweets whose counts are
+strings and which carry no author (the owner is in `data/account.js`); the photos themselves are
+in `data/tweets_media/{tweet_id}-{file name}` and become the rows' (local) image sources, and
+`data/manifest.js` says when the archive was generated (when its counts were read).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from ingest.reader import (
+    FormatError,
+    Malformed,
+    file_time,
+    json_array_items,
+    parse_time,
+    v1_tweet_rows,
+)
+
+TWEET_FILE_RE = re.compile(r"^tweets?(-part\d+)?\.js$")
+
+
+def data_dir(path: Path) -> Path:
+    """The `data/` folder of an archive given as its root, its `data/` folder or a tweets file."""
+    path = Path(path)
+    if path.is_file():
+        return path.parent
+    return path / "data" if (path / "data").is_dir() else path
+
+
+def tweet_files(path: Path) -> list[Path]:
+    """The tweets files of an account archive (one file if PATH names one)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    folder = data_dir(path)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if TWEET_FILE_RE.match(p.name))
+
+
+def read_js(path: Path):
+    """The JSON value assigned in a `window.… = VALUE` file of the archive."""
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        return json.loads(text[text.index("=") + 1:])
+    except ValueError as exc:
+        raise FormatError(f"{path}: not a readable account-archive file ({exc})") from exc
+
+
+def owner_id(folder: Path) -> str:
+    """The account's id, from `account.js` (or `manifest.js` where that is missing)."""
+    account = folder / "account.js"
+    if account.is_file():
+        for item in read_js(account):
+            if "accountId" in (item.get("account") or {}):
+                return str(item["account"]["accountId"])
+    manifest = folder / "manifest.js"
+    if manifest.is_file():
+        user = (read_js(manifest).get("userInfo") or {})
+        if user.get("accountId"):
+            return str(user["accountId"])
+    raise FormatError(f"{folder}: no account.js with the owner's accountId beside the tweets")
+
+
+def generated_at(folder: Path):
+    """When X generated the archive (its counts were read then), if `manifest.js` says."""
+    manifest = folder / "manifest.js"
+    if not manifest.is_file():
+        return None
+    return parse_time((read_js(manifest).get("archiveInfo") or {}).get("generationDate"))
+
+
+def local_media_finder(folder: Path):
+    """A function (tweet_id, media) → file URI of the photo in `tweets_media/`, or None."""
+    media_dir = next((folder / n for n in ("tweets_media", "tweet_media") if (folder / n).is_dir()), None)
+    names = {p.name for p in media_dir.iterdir()} if media_dir else set()
+
+    def find(tweet_id: str, media: dict) -> str | None:
+        remote = media.get("media_url_https") or media.get("media_url") or ""
+        name = f"{tweet_id}-{remote.rsplit('/', 1)[-1]}"
+        return (media_dir / name).resolve().as_uri() if remote and name in names else None
+
+    return find
+
+
+def read_account(path: Path, collected_at=None, media_types=frozenset({"photo"}), **_) -> Iterator[dict | Malformed]:
+    """Rows of an account archive (its root, its `data/` folder or one of its tweets files)."""
+    folder = data_dir(path)
+    files = tweet_files(path)
+    if not files:
+        raise FormatError(f"{path}: no data/tweets.js in this account archive")
+    owner = owner_id(folder)
+    when = generated_at(folder) or collected_at or file_time(files[0])
+    local = local_media_finder(folder)
+    for file in files:
+        for number, item in json_array_items(file, skip_prefix=True):
+            try:
+                if isinstance(item, Exception):
+                    raise item
+                tweet = item.get("tweet", item) if isinstance(item, dict) else item
+                rows = v1_tweet_rows(tweet, when, media_types, False, user_id=owner, local_media=local)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                yield Malformed(str(file), number, f"{type(exc).__name__}: {exc}")
+                continue
+            yield from rows

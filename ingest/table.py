@@ -1,0 +1,151 @@
+"""Tweets from CSV or Parquet tables (exports of other tools), with `--columns` naming the fields.
+
+Each table row is one tweet; its `url` cell holds the photo URL(s) (a list, or URLs separated by
+spaces, commas or `|`). A row without a photo URL, or whose text starts with `RT @`, gives no
+rows. Hashtags and mentions come from their own columns where mapped, otherwise from the text.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from ingest.reader import (
+    FormatError,
+    Malformed,
+    caption_words,
+    file_time,
+    parse_time,
+    photo_rows,
+    tags_in,
+)
+
+REQUIRED = ("tweet_id", "user_id", "created_at", "url")
+OPTIONAL = ("text", "hashtags", "mentions", "retweets", "likes", "replies", "quotes", "collected_at",
+            "media_key", "is_retweet")
+FIELDS = REQUIRED + OPTIONAL
+SPLIT_RE = re.compile(r"[\s,|]+")
+BATCH_ROWS = 20_000
+
+
+def parse_columns(spec: str | None) -> dict[str, str]:
+    """`field=column,...` as a dict; an unknown field is a user's mistake."""
+    mapping = {}
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+        field, sep, column = part.partition("=")
+        if not sep or not column:
+            raise FormatError(f"--columns: {part!r} is not field=column")
+        if field not in FIELDS:
+            raise FormatError(f"--columns: unknown field {field!r}; fields are {', '.join(FIELDS)}")
+        mapping[field] = column
+    return mapping
+
+
+def _header(path: Path) -> list[str]:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            return pq.ParquetFile(path).schema_arrow.names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise FormatError(f"{path}: not a readable Parquet file ({exc})") from exc
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f, delimiter=_delimiter(path)), [])
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def resolve_columns(path: Path, columns: dict[str, str] | None) -> dict[str, str]:
+    """field → column of this file: the mapping given, else columns named like the fields."""
+    header = _header(path)
+    mapping = {f: (columns or {}).get(f, f) for f in FIELDS}
+    missing = [f"{f} (column {mapping[f]!r})" for f in REQUIRED if mapping[f] not in header]
+    if missing:
+        raise FormatError(f"{path}: no column for {', '.join(missing)}; map them with --columns field=column")
+    return {f: c for f, c in mapping.items() if c in header}
+
+
+def batches(path: Path, columns: list[str]) -> Iterator[list[dict]]:
+    """Rows of the table as dicts of the given columns, a batch at a time (all as read)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            yield batch.to_pylist()
+        return
+    reader = pcsv.open_csv(
+        path, parse_options=pcsv.ParseOptions(delimiter=_delimiter(path), newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(include_columns=columns,
+                                            column_types={c: pa.string() for c in columns}))
+    for batch in reader:
+        yield batch.to_pylist()
+
+
+def _int(value) -> int | None:
+    if value is None or value == "":
+        return None
+    return int(float(value)) if isinstance(value, str) and "." in value else int(value)
+
+
+def _list(value, text_values: list[str]) -> list[str]:
+    if value is None:
+        return text_values
+    items = value if isinstance(value, list) else SPLIT_RE.split(str(value))
+    return [str(v).lstrip("#@＃＠").lower() for v in items if v and str(v).strip("#@＃＠")]
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "t", "y")
+
+
+def table_row(record: dict, fields: dict[str, str], collected_at) -> list[dict]:
+    """Rows of one table record (one tweet)."""
+    get = {f: record.get(c) for f, c in fields.items()}
+    text = get.get("text") or ""
+    if text.startswith("RT @") or _truthy(get.get("is_retweet")):
+        return []
+    urls = get["url"] if isinstance(get["url"], list) else SPLIT_RE.split(get["url"] or "")
+    urls = [u for u in urls if u]
+    if not urls:
+        return []
+    if not get["tweet_id"] or not get["user_id"]:
+        raise ValueError("empty tweet_id or user_id")
+    tags, mentions = tags_in(text)
+    keys = SPLIT_RE.split(get["media_key"]) if isinstance(get.get("media_key"), str) else get.get("media_key")
+    created = parse_time(get["created_at"])
+    if created is None:
+        raise ValueError("empty created_at")
+    base = {
+        "tweet_id": str(get["tweet_id"]), "user_id": str(get["user_id"]),
+        "created_at": created,
+        "collected_at": parse_time(get.get("collected_at")) or collected_at,
+        "text": text, "hashtags": _list(get.get("hashtags"), tags), "mentions": _list(get.get("mentions"), mentions),
+        "caption_words": caption_words(text),
+        "retweets": _int(get.get("retweets")), "likes": _int(get.get("likes")),
+        "replies": _int(get.get("replies")), "quotes": _int(get.get("quotes")),
+    }
+    keys = list(keys or [])
+    return photo_rows(base, [(keys[i] if i < len(keys) else None, u) for i, u in enumerate(urls)])
+
+
+def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo"}), columns=None,
+                    **_) -> Iterator[dict | Malformed]:
+    """Rows of a CSV/TSV or Parquet table; `columns` maps fields to the file's column names."""
+    path = Path(path)
+    fields = resolve_columns(path, columns)
+    when = collected_at or file_time(path)
+    first = 2 if path.suffix.lower() in (".csv", ".tsv") else 1  # CSV data starts below its header
+    number = first
+    try:
+        for batch in batches(path, sorted(set(fields.values()))):
+            for record in batch:
+                try:
+                    yield from table_row(record, fields, when)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+                number += 1
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FormatError(f"{path}: not a readable table ({exc})") from exc

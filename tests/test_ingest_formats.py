@@ -1,0 +1,290 @@
+"""Every archive format on real recorded API data: v1.1 (tweepy's cassettes), v2 pages and
+flattened tweets, the account archive, CSV/Parquet tables; and the two twarc2 paths agree."""
+from __future__ import annotations
+
+import base64
+import csv
+import gzip
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest import archive
+from ingest.archive import ArchiveConfig, ingest_archive
+from ingest.fastpath import caption_words_arrow, read_twarc2_fast
+from ingest.reader import FormatError, caption_words, detect_format, read_twarc2
+from ingest.synthetic import SyntheticConfig, generate
+from ingest.table import parse_columns
+from shards.schema import read_table
+from tests.conftest import run_iipa
+
+V1 = "tweepy-v1.1"
+V2 = "python-twitter-v2"
+
+
+def cassette_bodies(path) -> list:
+    """The JSON bodies of a vcrpy cassette (JSON or YAML; plain or gzip+base64 `!!binary`)."""
+    text = path.read_text()
+    cassette = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    bodies = []
+    for interaction in cassette["interactions"]:
+        body = interaction["response"]["body"]["string"]
+        if isinstance(body, str) and path.suffix == ".json" and interaction["response"].get("headers", {}).get(
+                "content-encoding") == ["gzip"]:
+            body = base64.b64decode(body)
+        if isinstance(body, bytes):
+            body = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+            body = body.decode()
+        bodies.append(json.loads(body))
+    return bodies
+
+
+def rows_of(tmp_path, name, *paths, **kw):
+    out = tmp_path / f"{name}.parquet"
+    summary = ingest_archive(ArchiveConfig(list(paths), out, **kw))
+    return summary, {r["key"]: r for r in read_table(out, "images").to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def twitter_timeline(realdata):
+    """@Twitter's real user timeline of December 2020 (v1.1), as the API sent it."""
+    bodies = cassette_bodies(realdata / V1 / "testusertimeline.json")
+    return next(b for b in bodies if b and b[0]["user"]["screen_name"] == "Twitter")
+
+
+def photo_originals(tweets):
+    return [t for t in tweets if "retweeted_status" not in t
+            and any(m["type"] == "photo" for m in t.get("extended_entities", {}).get("media", []))]
+
+
+def test_v1_json_array_real_timeline(twitter_timeline, tmp_path):
+    path = tmp_path / "timeline.json"
+    path.write_text(json.dumps(twitter_timeline, indent=1))
+    assert detect_format(path) == "v1"
+    summary, rows = rows_of(tmp_path, "v1", path, format="v1", collected_at="2020-12-29T08:33:16Z")
+    expected = photo_originals(twitter_timeline)
+    assert summary["images"] == len(rows) == sum(len(t["extended_entities"]["media"]) for t in expected) == 14
+    assert summary["users"] == 1 and {r["user_id"] for r in rows.values()} == {"783214"}
+    row = rows["1341161863103488003_0"]
+    assert (row["retweets"], row["likes"], row["replies"]) == (3435, 19855, None)
+    tweet = next(t for t in twitter_timeline if t["id_str"] == "1341161863103488003")
+    assert row["created_at"] == datetime.strptime(tweet["created_at"], "%a %b %d %H:%M:%S %z %Y")
+    assert row["url"] == tweet["extended_entities"]["media"][0]["media_url_https"]
+    assert row["media_key"] == "3_" + tweet["extended_entities"]["media"][0]["id_str"]
+    assert row["collected_at"] == datetime(2020, 12, 29, 8, 33, 16, tzinfo=UTC)
+    assert min(r["retweets"] for r in rows.values()) == 3 and max(r["likes"] for r in rows.values()) == 19855
+    assert all(r["media_count"] == 1 and r["status"] == "pending" for r in rows.values())
+
+
+def test_v1_jsonl_drops_retweets_keeps_photo_originals_and_skips_video(realdata, tmp_path):
+    timeline = cassette_bodies(realdata / V1 / "testhometimeline.json")[0]
+    path = tmp_path / "home.jsonl"
+    path.write_text("".join(json.dumps(t) + "\n" for t in timeline))
+    assert detect_format(path) == "v1"
+    _, photos = rows_of(tmp_path, "photos", path)
+    retweet_ids = {t["id_str"] for t in timeline if "retweeted_status" in t}
+    assert not {r["tweet_id"] for r in photos.values()} & retweet_ids
+    assert {r["tweet_id"] for r in photos.values()} == {t["id_str"] for t in photo_originals(timeline)}
+    _, media = rows_of(tmp_path, "media", path, media=["photo", "video"])
+    video = media["1144340785246146561_0"]  # the original of a retweet, as that retweet embeds it
+    assert video["media_key"].startswith("7_") and (video["retweets"], video["likes"]) == (101312, 324576)
+    assert len(media) == len(photos) + 1
+
+
+def test_v1_gzipped_yaml_cassette_and_search_pages(realdata, tmp_path):
+    home = cassette_bodies(realdata / V1 / "testcachedresult.yaml")[2]
+    search = cassette_bodies(realdata / V1 / "testsearchtweets.json")[0]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps(search) + "\n" + "".join(json.dumps(t) + "\n" for t in home))
+    _, rows = rows_of(tmp_path, "all", path)
+    assert {r["tweet_id"] for r in rows.values()} == {"1359176378466381826", "1358469332972494848",
+                                                      "1149788838430224391"}
+    assert rows["1358469332972494848_0"]["retweets"] == 1955
+    _, none = rows_of(tmp_path, "none", path, originals=False)
+    assert {r["tweet_id"] for r in none.values()} == {"1149788838430224391"}  # ErikDePay's own photo
+    assert none["1149788838430224391_0"]["likes"] == 6
+
+
+def flatten(page: dict) -> list[dict]:
+    """A v2 page as `twarc2 flatten` writes it: one tweet per line, expansions inlined."""
+    media = {m["media_key"]: m for m in page["includes"].get("media", [])}
+    users = {u["id"]: u for u in page["includes"].get("users", [])}
+    tweets = []
+    for tweet in page["data"]:
+        tweet = json.loads(json.dumps(tweet))
+        if "attachments" in tweet:
+            tweet["attachments"]["media"] = [media[k] for k in tweet["attachments"]["media_keys"] if k in media]
+        tweet["author"] = users.get(tweet["author_id"], {"id": tweet["author_id"]})
+        del tweet["author_id"]
+        tweet["__twarc"] = page["__twarc"]
+        tweets.append(tweet)
+    return tweets
+
+
+@pytest.fixture(scope="module")
+def v2_page(realdata):
+    page = json.loads((realdata / V2 / "apis__searches__search_tweets_query.json").read_text())
+    page["includes"]["media"] = [{"media_key": k, "type": "photo", "url": f"https://pbs.twimg.com/media/{k}.jpg"}
+                                 for t in page["data"] for k in (t.get("attachments") or {}).get("media_keys", [])]
+    page["__twarc"] = {"url": "https://api.twitter.com/2/tweets/search/recent", "version": "2.14",
+                       "retrieved_at": "2020-06-26T10:00:00+00:00"}
+    return page
+
+
+def test_v2_flattened_gives_the_same_rows_as_pages(v2_page, tmp_path):
+    pages, flat = tmp_path / "pages.jsonl", tmp_path / "flat.jsonl"
+    pages.write_text(json.dumps(v2_page) + "\n")
+    flat.write_text("".join(json.dumps(t) + "\n" for t in flatten(v2_page)))
+    assert detect_format(pages) == "twarc2" and detect_format(flat) == "v2"
+    _, a = rows_of(tmp_path, "a", pages)
+    _, b = rows_of(tmp_path, "b", flat)
+    assert a == b and sorted(a) == ["1275763727908798470_0", "1276035977375477760_0"]
+    assert a["1275763727908798470_0"]["collected_at"] == datetime(2020, 6, 26, 10, tzinfo=UTC)
+
+
+def account_archive(root, tweets, owner="783214", media_for=None, photo=None):
+    """An X account archive holding these (real) tweets as X writes them: counts as strings."""
+    data = root / "data"
+    (data / "tweets_media").mkdir(parents=True)
+    items = []
+    for tweet in tweets:
+        t = {k: v for k, v in tweet.items() if k not in ("user", "retweeted_status")}
+        for k in ("retweet_count", "favorite_count", "id"):
+            t[k] = str(t[k])
+        if "retweeted_status" in tweet:
+            t["full_text"] = "RT @" + tweet["retweeted_status"]["user"]["screen_name"] + ": " + tweet["text"]
+        items.append({"tweet": t})
+    (data / "tweets.js").write_text("window.YTD.tweets.part0 = " + json.dumps(items, indent=2))
+    (data / "account.js").write_text("window.YTD.account.part0 = " + json.dumps(
+        [{"account": {"accountId": owner, "username": "Twitter", "createdAt": "2007-02-20T14:35:54.000Z"}}]))
+    (data / "manifest.js").write_text("window.__THAR_CONFIG = " + json.dumps(
+        {"userInfo": {"accountId": owner}, "archiveInfo": {"generationDate": "2021-01-05T12:00:00.000Z"}}))
+    if media_for:
+        name = media_for["extended_entities"]["media"][0]["media_url_https"].rsplit("/", 1)[-1]
+        (data / "tweets_media" / f"{media_for['id_str']}-{name}").write_bytes(photo)
+    return root
+
+
+def test_account_archive_with_local_photos(twitter_timeline, photos, tmp_path):
+    with_photo = photo_originals(twitter_timeline)[3]
+    root = account_archive(tmp_path / "archive", twitter_timeline, media_for=with_photo, photo=photos["coffee"])
+    assert detect_format(root) == "account" and detect_format(root / "data" / "tweets.js") == "account"
+    summary, rows = rows_of(tmp_path, "account", root)
+    assert summary["images"] == 14 and {r["user_id"] for r in rows.values()} == {"783214"}
+    row = rows[f"{with_photo['id_str']}_0"]
+    assert row["url"].startswith("file://") and row["url"].endswith(".jpg")
+    assert Path(row["url"][len("file://"):]).read_bytes() == photos["coffee"]
+    assert (row["retweets"], row["likes"]) == (with_photo["retweet_count"], with_photo["favorite_count"])
+    assert row["collected_at"] == datetime(2021, 1, 5, 12, tzinfo=UTC)
+    others = [r for k, r in rows.items() if k != f"{with_photo['id_str']}_0"]
+    assert all(r["url"].startswith("https://pbs.twimg.com/") for r in others)
+
+
+def test_account_archive_without_owner_is_a_clear_error(twitter_timeline, tmp_path):
+    root = account_archive(tmp_path / "archive", twitter_timeline[:2])
+    (root / "data" / "account.js").unlink()
+    (root / "data" / "manifest.js").unlink()
+    result = run_iipa("ingest", "archive", str(root), "--out", str(tmp_path / "o.parquet"))
+    assert result.returncode == 2 and "no account.js" in result.stderr and "Traceback" not in result.stderr
+
+
+def table_records(timeline):
+    for t in photo_originals(timeline):
+        yield {"id": t["id_str"], "author": t["user"]["id_str"], "posted": t["created_at"], "body": t["text"],
+               "rts": t["retweet_count"], "favs": t["favorite_count"],
+               "photos": " ".join(m["media_url_https"] for m in t["extended_entities"]["media"])}
+
+
+COLUMNS = "tweet_id=id,user_id=author,created_at=posted,text=body,retweets=rts,likes=favs,url=photos"
+
+
+def test_csv_and_parquet_tables_with_column_mapping(twitter_timeline, tmp_path):
+    records = list(table_records(twitter_timeline))
+    path = tmp_path / "export.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records[:5] + [{**records[5], "posted": "yesterday"}] + records[6:])
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "export.parquet")
+    result = run_iipa("ingest", "archive", str(path), "--out", str(tmp_path / "csv.parquet"), "--columns", COLUMNS)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["malformed"] == 1 and summary["malformed_lines"] == [f"{path}:7"]  # header is line 1
+    assert summary["images"] == 13
+    _, rows = rows_of(tmp_path, "pq", tmp_path / "export.parquet", columns=parse_columns(COLUMNS))
+    row = rows["1341161863103488003_0"]
+    assert (row["retweets"], row["likes"], row["user_id"]) == (3435, 19855, "783214")
+    assert row["mentions"] == [m[1:].lower() for m in row["text"].split() if m.startswith("@")]
+    missing = run_iipa("ingest", "archive", str(path), "--out", str(tmp_path / "x.parquet"))
+    assert missing.returncode == 2 and "no column for tweet_id" in missing.stderr
+
+
+def test_twarc2_fast_path_equals_reference(tmp_path, v2_page):
+    out = tmp_path / "syn"
+    generate(SyntheticConfig(out, users=10, tweets_per_user=30, image_size=16, seed=5))
+    lines = (out / "archive.jsonl").read_text().splitlines()
+    mixed = tmp_path / "mixed.jsonl"
+    # clean blocks, a malformed line, a real page with replies, a page without photos, blank lines
+    mixed.write_text("\n".join(lines[:1] + ["{oops", json.dumps(v2_page), ""] + lines[1:] + [json.dumps(
+        {"meta": {"result_count": 0}})]) + "\n")
+    reference = [r for r in read_twarc2(mixed) if isinstance(r, dict)]
+    bad_ref = [(m.line, m.reason) for m in read_twarc2(mixed) if not isinstance(m, dict)]
+    for block in (300, 40_000, 1 << 20):
+        items = list(read_twarc2_fast(mixed, block_bytes=block))
+        tables = [i for i in items if isinstance(i, pa.Table)]
+        assert bool(tables) == (block < 1 << 20)  # one block holding the bad line goes line by line
+        fast = [r for t in tables for r in t.to_pylist()] + [i for i in items if isinstance(i, dict)]
+        assert sorted(fast, key=lambda r: r["key"]) == sorted(reference, key=lambda r: r["key"])
+        assert [(m.line, m.reason) for m in items if hasattr(m, "line")] == bad_ref == [
+            (2, "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(list("\x00\x01aZ9_' #@＃＠:/.-\n\u3000\u00a0éΣσİß😀ｈ") + ["http://", "https://x"]),
+                         max_size=30).map("".join), min_size=1, max_size=40))
+def test_vectorised_caption_words_equal_the_reference(texts):
+    assert caption_words_arrow(pa.array(texts)).to_pylist() == [caption_words(t) for t in texts]
+
+
+def test_partitions_give_the_same_table_and_keep_latest_counts(tmp_path, monkeypatch):
+    out = tmp_path / "syn"
+    generate(SyntheticConfig(out, users=4, tweets_per_user=30, image_size=16, seed=9))
+    lines = (out / "archive.jsonl").read_text().splitlines()
+    later = [json.loads(line) for line in lines]
+    for page in later:
+        page["__twarc"]["retrieved_at"] = "2027-03-01T00:00:00+00:00"
+        for tweet in page["data"]:
+            tweet["public_metrics"]["like_count"] += 1000
+    (tmp_path / "later.jsonl").write_text("".join(json.dumps(p) + "\n" for p in later))
+    paths = [tmp_path / "later.jsonl", out / "archive.jsonl"]
+    one = ingest_archive(ArchiveConfig(paths, tmp_path / "one.parquet"))
+    monkeypatch.setattr(archive, "PARTITION_BYTES", 5000)
+    many = ingest_archive(ArchiveConfig(paths, tmp_path / "many.parquet"))
+    a, b = read_table(tmp_path / "one.parquet", "images"), read_table(tmp_path / "many.parquet", "images")
+    assert one["images"] == many["images"] == a.num_rows == b.num_rows and one["duplicates"] == a.num_rows
+    assert sorted(a.to_pylist(), key=lambda r: r["key"]) == sorted(b.to_pylist(), key=lambda r: r["key"])
+    assert pc.min(b.column("likes")).as_py() >= 1000
+    assert pq.ParquetFile(tmp_path / "many.parquet").metadata.num_row_groups > 1
+
+
+def test_unreadable_and_unknown_inputs_are_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    for args, message in [((str(tmp_path / "missing.jsonl"),), "no such file"),
+                          ((str(tmp_path / "notes.txt"),), "unrecognised archive format")]:
+        result = run_iipa("ingest", "archive", *args, "--out", str(tmp_path / "o.parquet"))
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(FormatError, match="unrecognised"):
+        detect_format(tmp_path / "notes.txt")
+    with pytest.raises(FormatError, match="unknown field 'bogus'"):
+        parse_columns("bogus=x")
+    with pytest.raises(FormatError, match="not an ISO time"):
+        ingest_archive(ArchiveConfig([tmp_path / "notes.txt"], tmp_path / "o.parquet", collected_at="soon"))
+    assert not (tmp_path / "o.parquet").exists()
