@@ -1,17 +1,31 @@
-"""`iipa eval`: pairwise accuracy of a model on a pair manifest, with chance beside it, as a report."""
+"""`iipa eval`: what a researcher reads after a run.
+
+Pairs (one manifest, or a pairs folder whose files are the splits) ──▶ the images they name, read
+shard by shard, each once ──▶ per image: the model's score, IIPA's score (when its weights are
+given), the visual statistics and a face count ──▶ per pair: who was right ──▶ accuracy with
+bootstrap intervals overall and by rule, split, popularity gap and user activity, user-centred
+correlation, calibration and a bias check ──▶ REPORT/report.json (every number),
+REPORT/report.md and PNG plots (eval.report).
+"""
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from eval.metrics import accuracy_with_interval, pair_correct
+from eval.metrics import (accuracy_with_interval, activity_buckets, grouped_accuracy, pair_correct, prob_buckets,
+                          reliability, spearman, user_centred_correlation)
 from eval.score import Scorer
+from eval.visual import STATS, face_detector, image_stats
 from shards.console import UserError, progress
 from shards.locate import ShardIndex
-from shards.schema import read_table, write_json
+from shards.schema import parquet_files, read_table
 
 
 @dataclass
@@ -19,76 +33,243 @@ class EvalConfig:
     """Options of `iipa eval`."""
 
     model: str
-    """A run's model.pth (model.json beside it)."""
+    """A run's model.pth (model.json beside it), or iipa:PATH."""
     shards: Path
     """Shards folder holding the pairs' images."""
     pairs: Path
-    """Pair manifest (e.g. PAIRS/test.parquet)."""
+    """Pair manifest (e.g. PAIRS/test.parquet), or a pairs folder: each file is a split."""
     out: Path
     """Report folder: report.json, report.md and plots."""
-    backend: str = "torch"
-    """Decoding backend (see train.data.BACKENDS)."""
+    backend: str = "auto"
+    """Decoding backend: auto (Pillow on the CPU, DALI or nvJPEG on a GPU) or a name of train.decode.BACKENDS."""
     batch_size: int = 128
     """Images per forward pass."""
     bootstrap: int = 1000
-    """Bootstrap resamples for the 95% interval."""
+    """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
     """Seed of the bootstrap."""
+    iipa: str | None = None
+    """IIPA's released weights (model-resnet50.pth), scored as a baseline without fine-tuning."""
+    images: Path | None = None
+    """Images table for user activity (images per user); default: the shards' own table."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    faces: bool = True
+    """Run the face detector for the bias check (OpenCV; skipped where it is not installed)."""
+    threads: int = 2
+    """Threads decoding images for the statistics and the model."""
 
 
-def score_keys(scorer: Scorer, index: ShardIndex, keys: np.ndarray) -> dict[str, float]:
-    """Score every key once, reading shard by shard."""
-    order = np.argsort(index.shard_of(keys), kind="stable")
-    scores: dict[str, float] = {}
-    step = scorer.batch_size
-    for start in progress(range(0, len(keys), step), desc="scoring", unit="batch"):
-        chunk = keys[order[start:start + step]]
-        values = scorer.score([index.read(k) for k in chunk])
-        scores.update(zip(chunk, values.tolist()))
-    return scores
+@dataclass
+class Pairs:
+    """The pairs whose two images are in the shards, as aligned arrays."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+    user: np.ndarray
+    rule: np.ndarray
+    split: np.ndarray
+    prob: np.ndarray
+    hi_pop: np.ndarray
+    lo_pop: np.ndarray
+    missing: int  # pairs dropped because an image is not in the shards
+
+
+def load_pairs(path: Path, index: ShardIndex) -> Pairs:
+    """One manifest, or every manifest of a folder with its file name as the split."""
+    columns: dict[str, list] = {k: [] for k in ("hi_key", "lo_key", "user_id", "rule", "prob", "hi_pop", "lo_pop")}
+    split = []
+    for file in parquet_files(path):
+        table = read_table(file, "pairs")
+        for name, parts in columns.items():
+            parts.append(table.column(name).to_numpy(zero_copy_only=False))
+        split.append(np.full(table.num_rows, file.stem, dtype=object))
+    arrays = {k: np.concatenate(v) for k, v in columns.items()}
+    split_all = np.concatenate(split)
+    hi, lo = arrays["hi_key"], arrays["lo_key"]
+    present = np.fromiter((a in index and b in index for a, b in zip(hi, lo)), dtype=bool, count=len(hi))
+    if not present.any():
+        raise UserError(f"{path}: none of its {len(hi)} pairs has both images in {index.dir}")
+    return Pairs(hi[present], lo[present], arrays["user_id"][present], arrays["rule"][present],
+                 split_all[present], arrays["prob"][present], arrays["hi_pop"][present], arrays["lo_pop"][present],
+                 int((~present).sum()))
+
+
+def image_table(pairs: Pairs) -> dict[str, np.ndarray]:
+    """One row per distinct image of the pairs: key, user, log popularity S = ln(1 + p)."""
+    keys = np.concatenate([pairs.hi, pairs.lo])
+    keys, first = np.unique(keys, return_index=True)
+    users = np.concatenate([pairs.user, pairs.user])[first]
+    pops = np.concatenate([pairs.hi_pop, pairs.lo_pop])[first]
+    return {"key": keys, "user": users, "log_pop": np.log1p(pops)}
+
+
+class StatsPool:
+    """Visual statistics in a thread pool; OpenCV's cascade is not shared between threads."""
+
+    def __init__(self, threads: int, faces: bool):
+        self.pool = ThreadPoolExecutor(max(1, threads))
+        self.faces, self.local = faces, threading.local()
+
+    def _one(self, data: bytes):
+        if self.faces and not hasattr(self.local, "detector"):
+            self.local.detector = face_detector()
+        return image_stats(data, getattr(self.local, "detector", None))
+
+    def map(self, encoded: list[bytes]):
+        return list(self.pool.map(self._one, encoded))
+
+
+def shard_reader(index: ShardIndex, shard: str, keys: np.ndarray):
+    """key → bytes for the keys of one shard: the whole tar read once, sequentially, when they
+    make up a good part of it; seeks by offset when a test split needs only a few of its images."""
+    needed = sum(index.locate(k).size for k in keys)
+    if needed < 0.25 * (index.dir / shard).stat().st_size:
+        return index.read
+    data = index.read_shard(shard)
+
+    def read(key: str) -> bytes:
+        loc = index.locate(key)
+        return data[loc.offset:loc.offset + loc.size]
+
+    return read
+
+
+def measure_images(keys: np.ndarray, index: ShardIndex, scorers: dict[str, Scorer], config: EvalConfig) -> dict:
+    """Read each image once (shard by shard, each tar sequentially) and compute every scorer's
+    score, the visual statistics and the face count; arrays aligned with `keys`."""
+    out = {name: np.full(len(keys), np.nan) for name in (*scorers, *STATS)}
+    out["faces"] = np.full(len(keys), -1, dtype=np.int64)
+    shard_of = index.shard_of(keys)
+    stats_pool = StatsPool(config.threads, config.faces)
+    position = {k: i for i, k in enumerate(keys)}
+    with progress(total=len(keys), desc="images", unit="img") as bar:
+        for shard in dict.fromkeys(np.sort(shard_of)):
+            chunk_keys = keys[shard_of == shard]
+            read = shard_reader(index, shard, chunk_keys)
+            for start in range(0, len(chunk_keys), config.batch_size):
+                batch = chunk_keys[start:start + config.batch_size]
+                encoded = [read(k) for k in batch]
+                rows = [position[k] for k in batch]
+                for name, scorer in scorers.items():
+                    out[name][rows] = scorer.score(encoded)
+                for row, st in zip(rows, stats_pool.map(encoded)):
+                    for name in STATS:
+                        out[name][row] = getattr(st, name)
+                    out["faces"][row] = st.faces
+                bar.update(len(batch))
+    return out
+
+
+def user_activity(config: EvalConfig, users: np.ndarray) -> np.ndarray:
+    """Images per user in the images table (default: the shards' table, failures included)."""
+    table = read_table(config.images if config.images is not None else config.shards, "images")
+    counts = pc.value_counts(table.column("user_id")).to_pylist()
+    per_user = {c["values"]: c["counts"] for c in counts}
+    return np.array([per_user.get(u, 0) for u in users], dtype=np.int64)
+
+
+def accuracy_section(pairs: Pairs, correct: dict[str, np.ndarray], config: EvalConfig) -> dict:
+    """Accuracy of every scorer overall and by rule, split, P bucket and user activity."""
+    n, seed = config.bootstrap, config.seed
+    bucket, bucket_order = prob_buckets(pairs.prob)
+    activity, activity_order = activity_buckets(user_activity(config, pairs.user), pairs.user)
+    groupings = {"rule": (pairs.rule, None), "split": (pairs.split, None), "prob": (bucket, bucket_order),
+                 "activity": (activity, activity_order)}
+    overall = {name: accuracy_with_interval(c, n, seed) for name, c in correct.items()}
+    overall["chance"] = {"accuracy": 0.5, "low": 0.5, "high": 0.5, "pairs": len(pairs.hi)}
+    by = {group: {name: grouped_accuracy(c, labels, n, seed, order) for name, c in correct.items()}
+          for group, (labels, order) in groupings.items()}
+    return {"accuracy": overall, "by": by}
+
+
+def bias_section(pairs: Pairs, images: dict, measured: dict, correct_model: np.ndarray) -> dict:
+    """Does the model favour faces? Mean score and win rates with and without faces, beside how
+    often such images truly won; and how the score follows simple visual statistics."""
+    score = measured["model"]
+    section: dict = {"score_vs": {name: spearman(score, measured[name]) for name in STATS}}
+    faces = measured["faces"]
+    if (faces < 0).all():
+        section["faces"] = {"available": False, "why": "OpenCV with its Haar cascades is not installed "
+                                                       "(pip install 'opencv-python-headless<5')"}
+        return section
+    pos = {k: i for i, k in enumerate(images["key"])}
+    hi_i = np.array([pos[k] for k in pairs.hi])
+    lo_i = np.array([pos[k] for k in pairs.lo])
+    has = faces > 0
+    model_hi_wins = score[hi_i] > score[lo_i]
+    groups = {}
+    for label, flag in (("with_faces", True), ("without_faces", False)):
+        as_hi, as_lo = has[hi_i] == flag, has[lo_i] == flag
+        appearances = int(as_hi.sum() + as_lo.sum())
+        groups[label] = {
+            "images": int((has == flag).sum()),
+            "mean_score": float(score[has == flag].mean()) if (has == flag).any() else float("nan"),
+            "model_win_rate": float((model_hi_wins[as_hi].sum() + (~model_hi_wins[as_lo]).sum()) / appearances)
+            if appearances else float("nan"),
+            "observed_win_rate": float(as_hi.sum() / appearances) if appearances else float("nan"),
+            "pair_appearances": appearances,
+        }
+    mixed = has[hi_i] != has[lo_i]  # pairs of one face image and one without
+    face_is_hi = has[hi_i][mixed]
+    model_prefers_face = np.where(face_is_hi, model_hi_wins[mixed], ~model_hi_wins[mixed])
+    section["faces"] = {
+        "available": True, "detector": "OpenCV haarcascade_frontalface_default", **groups,
+        "face_vs_no_face_pairs": {
+            "pairs": int(mixed.sum()),
+            "model_prefers_face": float(model_prefers_face.mean()) if mixed.any() else float("nan"),
+            "face_more_popular": float(face_is_hi.mean()) if mixed.any() else float("nan"),
+            "model_accuracy": float(correct_model[mixed].mean()) if mixed.any() else float("nan"),
+        },
+    }
+    return section
+
+
+def write_image_scores(images: dict, measured: dict, path: Path) -> None:
+    """REPORT/scores.parquet: per image its user, log popularity, every score and statistic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"key": images["key"].astype(str), "user_id": images["user"].astype(str),
+                      "log_pop": images["log_pop"], **measured})
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
 
 
 def evaluate(config: EvalConfig) -> dict:
-    """Score both images of every pair and report the model's pairwise accuracy against chance."""
+    """Score every image of the pairs once and write REPORT/report.{json,md} and plots."""
+    from eval.report import write_report
+
+    if config.bootstrap < 1 or config.batch_size < 1:
+        raise UserError("--bootstrap and --batch-size must be ≥ 1")
     index = ShardIndex(config.shards)
-    pairs = read_table(config.pairs, "pairs")
-    hi = pairs.column("hi_key").to_numpy(zero_copy_only=False)
-    lo = pairs.column("lo_key").to_numpy(zero_copy_only=False)
-    present = np.fromiter((a in index and b in index for a, b in zip(hi, lo)), dtype=bool, count=len(hi))
-    if not present.any():
-        raise UserError(f"{config.pairs}: none of its pairs has both images in {config.shards}")
-    hi, lo = hi[present], lo[present]
-    rules = pairs.column("rule").to_numpy(zero_copy_only=False)[present]
-    scorer = Scorer(config.model, config.backend, config.batch_size)
-    scores = score_keys(scorer, index, np.unique(np.concatenate([hi, lo])))
-    correct = pair_correct([scores[k] for k in hi], [scores[k] for k in lo])
-    model = accuracy_with_interval(correct, config.bootstrap, config.seed)
+    pairs = load_pairs(Path(config.pairs), index)
+    scorers = {"model": Scorer(config.model, config.backend, config.batch_size, config.threads, config.device)}
+    if config.iipa:
+        scorers["iipa"] = Scorer(f"iipa:{config.iipa}", config.backend, config.batch_size, config.threads,
+                                 config.device)
+    images = image_table(pairs)
+    measured = measure_images(images["key"], index, scorers, config)
+    pos = {k: i for i, k in enumerate(images["key"])}
+    hi_i = np.array([pos[k] for k in pairs.hi])
+    lo_i = np.array([pos[k] for k in pairs.lo])
+    # Figure-4 order: the model, IIPA's weights, the visual statistics; chance is added last.
+    correct = {name: pair_correct(measured[name][hi_i], measured[name][lo_i]) for name in (*scorers, *STATS)}
+    section = accuracy_section(pairs, correct, config)
     report = {
-        "model": str(config.model), "pairs_file": str(config.pairs), "pairs": int(len(hi)),
-        "pairs_without_images": int((~present).sum()),
-        "accuracy": {"model": model, "chance": {"accuracy": 0.5, "pairs": int(len(hi))}},
-        "by_rule": {str(r): accuracy_with_interval(correct[rules == r], config.bootstrap, config.seed)
-                    for r in np.unique(rules)},
+        "model": str(config.model), "pairs_file": str(config.pairs), "pairs": len(pairs.hi),
+        "pairs_without_images": pairs.missing, "images": len(images["key"]),
+        "users": len(np.unique(pairs.user)),
+        "accuracy": section["accuracy"],
+        "by_rule": section["by"]["rule"]["model"],
+        "by": section["by"],
+        "correlation": {name: user_centred_correlation(measured[name], images["log_pop"], images["user"])
+                        for name in (*scorers, *STATS)},
+        "calibration": {name: reliability(measured[name][hi_i], measured[name][lo_i]) for name in scorers},
+        "bias": bias_section(pairs, images, measured, correct["model"]),
+        "preprocess": {name: s.meta["preprocess"] for name, s in scorers.items()},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
     }
-    write_report(report, config, scores)
+    write_image_scores(images, measured, Path(config.out) / "scores.parquet")
+    write_report(report, config, {"hi": measured["model"][hi_i], "lo": measured["model"][lo_i],
+                                  "faces": measured["faces"], "scores": measured["model"]})
     return report
-
-
-def write_report(report: dict, config: EvalConfig, scores: dict[str, float]) -> None:
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    curve = Path(str(config.model)).with_name("val_curve.png")
-    if curve.exists():
-        shutil.copyfile(curve, out / "val_curve.png")
-    write_json(report, out / "report.json")
-    rows = [f"| {name} | {a['accuracy']:.3f} | " + (f"[{a['low']:.3f}, {a['high']:.3f}]" if "low" in a else "") + f" | {a['pairs']} |"
-            for name, a in report["accuracy"].items()]
-    rules = [f"| {name} | {a['accuracy']:.3f} | [{a['low']:.3f}, {a['high']:.3f}] | {a['pairs']} |"
-             for name, a in report["by_rule"].items()]
-    text = "\n".join([
-        "# Pairwise accuracy", "", f"Model `{config.model}` on `{config.pairs}` ({report['pairs']} pairs).", "",
-        "| scorer | accuracy | 95% interval | pairs |", "|---|---|---|---|", *rows, "",
-        "## By rule", "", "| rule | accuracy | 95% interval | pairs |", "|---|---|---|---|", *rules, "",
-        *(["![validation accuracy against training batches](val_curve.png)", ""] if curve.exists() else []),
-    ])
-    (out / "report.md").write_text(text)

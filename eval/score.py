@@ -1,26 +1,59 @@
-"""Scoring images with a trained model, with the preprocessing recorded beside its weights."""
+"""`iipa score`: scores for images given as files, folders or shards, with the preprocessing
+recorded beside the model (IIPA's own for `iipa:PATH`).
+
+Images are read and decoded in batches through the trainer's own decoders (train.data), so a
+score here is exactly the score the model saw in validation. An image that does not decode is
+a row with a status and a message; the rest of its batch is still scored.
+"""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 import torch
 
+from shards.console import UserError, progress
 from train.checkpoint import model_meta, read_weights
 from train.config import DataConfig
-from train.data import make_decoder
+from train.decode import make_decoder
 from train.model import build_model
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def pick_device(name: str) -> torch.device:
+    """auto (a GPU where there is one), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device here")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from exc
 
 
 class Scorer:
-    """Loads MODEL (a run's model.pth with its model.json) and scores encoded images in batches."""
+    """Loads MODEL (a run's model.pth with its model.json, or iipa:PATH) and scores encoded images."""
 
-    def __init__(self, model_path: str | Path, backend: str = "torch", batch_size: int = 128, threads: int = 2):
+    def __init__(self, model_path: str | Path, backend: str = "auto", batch_size: int = 128, threads: int = 2,
+                 device: str = "auto"):
         meta = model_meta(Path(model_path) if not str(model_path).startswith("iipa:") else model_path)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(device)
         self.model = build_model(meta["arch"])
-        self.model.load_state_dict(read_weights(Path(meta["weights"])))
+        try:
+            self.model.load_state_dict(read_weights(Path(meta["weights"])))
+        except RuntimeError as exc:
+            raise UserError(f"{meta['weights']}: does not match {meta['arch']}: {str(exc).splitlines()[0]}") from exc
         self.model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
         pre = meta["preprocess"]
         data = DataConfig(backend=backend, resize=pre["resize"], crop=pre["crop"], mean=tuple(pre["mean"]),
                           std=tuple(pre["std"]), squash=pre.get("mode") == "squash", threads=threads)
@@ -29,9 +62,168 @@ class Scorer:
         self.meta = meta
 
     @torch.no_grad()
+    def _forward(self, encoded: list[bytes]) -> np.ndarray:
+        images = self.decoder(encoded, seed=0)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        # The CPU waits for the GPU here: the scores come back to the host once per batch.
+        return self.model(images).squeeze(1).float().cpu().numpy()
+
     def score(self, encoded: list[bytes]) -> np.ndarray:
-        scores = []
-        for start in range(0, len(encoded), self.batch_size):
-            images = self.decoder(encoded[start:start + self.batch_size], seed=0)
-            scores.append(self.model(images).squeeze(1).float().cpu().numpy())
-        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        """Scores of images known to decode (shards hold only decoded images); raises otherwise."""
+        parts = [self._forward(encoded[i:i + self.batch_size]) for i in range(0, len(encoded), self.batch_size)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+    def score_safe(self, encoded: list[bytes]) -> tuple[np.ndarray, list[str | None]]:
+        """Scores and per-image errors: a batch that fails is retried image by image, so one bad
+        file costs its own row only (NaN score, the decoder's message)."""
+        try:
+            return self.score(encoded), [None] * len(encoded)
+        except Exception:  # which image broke the batch is only known by trying each
+            pass
+        scores, errors = np.full(len(encoded), np.nan), [None] * len(encoded)
+        for i, data in enumerate(encoded):
+            try:
+                scores[i] = self._forward([data])[0]
+            except Exception as exc:  # decoders raise many types for a bad file; recorded, not lost
+                errors[i] = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]  # DALI's run over lines
+        return scores, errors
+
+
+@dataclass
+class ScoreConfig:
+    """Options of `iipa score`."""
+
+    model: str
+    """A run's model.pth (model.json beside it) or iipa:PATH (IIPA's weights and preprocessing)."""
+    inputs: list[Path] = field(default_factory=list)
+    """Image files and folders (searched recursively for image files)."""
+    shards: Path | None = None
+    """A shards folder: score every image stored in it."""
+    out: Path | None = None
+    """CSV or Parquet file for the scores (by suffix); None prints a table."""
+    batch_size: int = 64
+    """Images per forward pass."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    backend: str = "auto"
+    """Decoding backend: auto (Pillow on the CPU, DALI or nvJPEG on a GPU) or a name of train.decode.BACKENDS."""
+    threads: int = 2
+    """Threads reading and decoding images."""
+
+
+def list_images(inputs: list[Path]) -> list[Path]:
+    """Files as given (whatever their suffix) and the image files under each folder, sorted."""
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{item}: no image files in this folder")
+            paths.extend(found)
+        else:
+            paths.append(item)  # a missing file becomes a row with status not_found
+    return paths
+
+
+def _read(path: Path) -> tuple[bytes | None, str | None]:
+    try:
+        return path.read_bytes(), None
+    except OSError as exc:
+        return None, f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def score_files(scorer: Scorer, paths: list[Path], threads: int = 2) -> dict[str, list]:
+    """One row per path: path, score, status (ok, not_found, read_error, decode_error), error."""
+    rows: dict[str, list] = {"path": [], "score": [], "status": [], "error": []}
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for start in progress(range(0, len(paths), scorer.batch_size), desc="scoring", unit="batch"):
+            chunk = paths[start:start + scorer.batch_size]
+            read = list(pool.map(_read, chunk))
+            good = [i for i, (data, _) in enumerate(read) if data is not None]
+            scores, errors = scorer.score_safe([read[i][0] for i in good]) if good else (np.zeros(0), [])
+            by_index = {i: (s, e) for i, s, e in zip(good, scores, errors)}
+            for i, path in enumerate(chunk):
+                rows["path"].append(str(path))
+                if i in by_index:
+                    score, error = by_index[i]
+                    rows["score"].append(None if error else float(score))
+                    rows["status"].append("decode_error" if error else "ok")
+                    rows["error"].append(error)
+                else:
+                    rows["score"].append(None)
+                    rows["status"].append("not_found" if not path.exists() else "read_error")
+                    rows["error"].append(read[i][1])
+    return rows
+
+
+def score_shards(scorer: Scorer, shards: Path) -> dict[str, list]:
+    """Every stored image of a shards folder, reading each tar once, in order."""
+    from shards.locate import ShardIndex
+
+    index = ShardIndex(shards)
+    rows: dict[str, list] = {"key": [], "shard": [], "score": [], "status": [], "error": []}
+    order = np.argsort(index.shards, kind="stable")
+    for shard in progress(list(dict.fromkeys(index.shards[order])), desc="shards", unit="shard"):
+        data = index.read_shard(shard)
+        keys = index.keys[index.shards == shard]
+        for start in range(0, len(keys), scorer.batch_size):
+            chunk = keys[start:start + scorer.batch_size]
+            encoded = []
+            for k in chunk:
+                loc = index.locate(k)
+                encoded.append(data[loc.offset:loc.offset + loc.size])
+            scores, errors = scorer.score_safe(encoded)
+            for k, s, e in zip(chunk, scores, errors):
+                rows["key"].append(str(k))
+                rows["shard"].append(str(shard))
+                rows["score"].append(None if e else float(s))
+                rows["status"].append("decode_error" if e else "ok")
+                rows["error"].append(e)
+    return rows
+
+
+def write_scores(table: pa.Table, out: Path) -> Path:
+    """CSV or Parquet by suffix, written to a temporary name and renamed."""
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise UserError(f"--out {out}: expected a .csv or .parquet file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if suffix == ".csv":
+        pcsv.write_csv(table, tmp)
+    else:
+        pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+# One row per input: the file (or the tar, with the sample key), its score, status and message.
+SCORES = pa.schema([("path", pa.string()), ("key", pa.string()), ("score", pa.float64()),
+                    ("status", pa.string()), ("error", pa.string())])
+
+
+def score_images(config: ScoreConfig) -> pa.Table:
+    """Score every input image (files, folders, or a shards folder); one row per input."""
+    if not config.inputs and config.shards is None:
+        raise UserError("give images or folders to score, or --shards DIR")
+    if config.batch_size < 1:
+        raise UserError("--batch-size must be ≥ 1")
+    if config.out is not None and Path(config.out).suffix.lower() not in (".csv", ".parquet"):
+        raise UserError(f"--out {config.out}: expected a .csv or .parquet file")
+    pick_device(config.device)  # a bad --device fails before any file is listed or read
+    paths = list_images(config.inputs)
+    scorer = Scorer(config.model, config.backend, config.batch_size, config.threads, config.device)
+    tables = []
+    if paths:
+        rows = score_files(scorer, paths, config.threads)
+        tables.append(pa.table({**rows, "key": [None] * len(rows["path"])}, schema=SCORES))
+    if config.shards is not None:
+        rows = score_shards(scorer, Path(config.shards))
+        rows["path"] = [str(Path(config.shards) / s) for s in rows.pop("shard")]
+        tables.append(pa.table(rows, schema=SCORES))
+    table = pa.concat_tables(tables)
+    if config.out is not None:
+        write_scores(table, Path(config.out))
+    return table
