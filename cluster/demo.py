@@ -46,11 +46,11 @@ class DemoConfig:
 
     @property
     def users(self) -> int:
-        return 24 if self.quick else 60
+        return 40 if self.quick else 60
 
     @property
     def tweets_per_user(self) -> int:
-        return 30 if self.quick else 40
+        return 24 if self.quick else 40
 
     @property
     def steps(self) -> int:
@@ -119,7 +119,8 @@ def run_demo(config: DemoConfig) -> dict:
 
     raw = stage("synthetic", generate, SyntheticConfig(out / "raw", config.users, config.tweets_per_user, 128, config.seed))
     stage("ingest", ingest_archive, ArchiveConfig([out / "raw" / "archive.jsonl"], out / "images.parquet"))
-    stats = stage("pairs", build_pairs, PairsConfig(images=out / "images.parquet", out=out / "pairs", seed=config.seed))
+    stats = stage("pairs", build_pairs, PairsConfig(images=out / "images.parquet", out=out / "pairs",
+                                                       split_shares=(0.7, 0.15, 0.15), seed=config.seed))
     stage("shards", build_shards, BuildConfig(images=out / "images.parquet", out=out / "shards",
                                               only_paired=out / "pairs", shard_size=500, workers=2,
                                               fetch=FetchConfig(allow_hosts=()), resize=ResizeConfig(size=64)))

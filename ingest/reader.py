@@ -167,7 +167,12 @@ def json_lines(path: Path) -> Iterator[tuple[int, object]]:
 
 def _per_line(path: Path, rows_of) -> Iterator[dict | Malformed]:
     """Apply `rows_of(obj)` to every JSON line; a line that fails becomes a `Malformed`."""
-    for number, obj in json_lines(path):
+    return _per_item(path, json_lines(path), rows_of)
+
+
+def _per_item(path: Path, items, rows_of) -> Iterator[dict | Malformed]:
+    """Apply `rows_of(obj)` to every (line number, object or parse error); failures become `Malformed`."""
+    for number, obj in items:
         try:
             if isinstance(obj, Exception):
                 raise obj
@@ -325,15 +330,7 @@ def read_v1(path: Path, collected_at=None, media_types=frozenset({"photo"}), ori
         return v1_tweet_rows(obj, when, media_types, originals)
 
     items = json_array_items(path) if is_json_array(path) else json_lines(path)
-    for number, obj in items:
-        try:
-            if isinstance(obj, Exception):
-                raise obj
-            rows = rows_of(obj)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
-            continue
-        yield from rows
+    yield from _per_item(path, items, rows_of)
 
 
 def detect_format(path: Path) -> str:

@@ -104,7 +104,9 @@ def rank_pid(rank: int, out: Path) -> int | None:
 
 def test_killed_rank_resumes_at_the_same_step_and_data_position(dataset, clean_run, tmp_path):
     out = tmp_path / "run"
-    proc = torchrun(dataset, out, "--max-restarts=1")
+    # Two restarts allowed: the kill uses one; the other absorbs a rare gloo connection timeout on
+    # a loaded machine. Either way the job must resume from state.pt to the clean run's result.
+    proc = torchrun(dataset, out, "--max-restarts=2")
     deadline = time.time() + 300
     while not (out / "state.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

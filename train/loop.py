@@ -185,6 +185,8 @@ class Trainer:
         self.audit = AuditLog(self.out, self.world.rank) if config.run.audit else None
         self.bad_steps = 0
         if self.world.rank == 0:
+            if len(val_pairs) < self.world.world_size:
+                log.warning("only %d validation pairs: no validation (and no accuracy curve) in this run", len(val_pairs))
             write_json(config.to_dict(), self.out / "config.json")
             log.info("%d train pairs (%d without images), %d val pairs, %d ranks, %d steps/epoch, init %s, device %s",
                      len(self.train_pairs), self.train_pairs.missing, len(val_pairs), self.world.world_size,
