@@ -9,7 +9,7 @@ from shards.schema import read_table
 
 
 def test_ingest_parse_bench_quick(tmp_path):
-    result = parse.run(BenchConfig(tmp_path, quick=True))
+    result = parse.run(BenchConfig(tmp_path, size="quick"))
     assert {"stage", "unit", "value", "baseline", "baseline_value", "ratio"} <= set(result)
     assert result["stage"] == "ingest-parse" and result["value"] > 0 and result["baseline_value"] > 0
     assert result["ratio"] == round(result["value"] / result["baseline_value"], 3)

@@ -16,7 +16,7 @@ def test_generated_photos_have_the_asked_sides(tmp_path):
 
 
 def test_ingest_bench_quick_reports_a_ratio(ray_local, tmp_path):
-    result = run(BenchConfig(tmp_path, quick=True))
+    result = run(BenchConfig(tmp_path, size="quick"))
     for field in ("stage", "unit", "value", "baseline", "baseline_value", "ratio"):
         assert field in result
     assert result["stage"] == "ingest" and result["images"] == 48

@@ -103,19 +103,25 @@ def rank_pid(rank: int, out: Path) -> int | None:
 
 
 def test_killed_rank_resumes_at_the_same_step_and_data_position(dataset, clean_run, tmp_path):
+    """A rank is SIGKILLed mid-run; the job fails, and launching it again resumes from state.pt.
+
+    (torchrun's in-place restart, --max-restarts, resumes through the same state.pt, but its gloo
+    re-connection failed intermittently on this machine, so the test relaunches instead.)
+    """
     out = tmp_path / "run"
-    # Two restarts allowed: the kill uses one; the other absorbs a rare gloo connection timeout on
-    # a loaded machine. Either way the job must resume from state.pt to the clean run's result.
-    proc = torchrun(dataset, out, "--max-restarts=2")
+    proc = torchrun(dataset, out, "--max-restarts=0")
     deadline = time.time() + 300
     while not (out / "state.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     pid = rank_pid(1, out)
     assert pid is not None, "rank 1 not found"
     os.kill(pid, signal.SIGKILL)
-    log = finish(proc, out, timeout=180)
-    assert "exitcode: -9" in log
+    proc.wait(timeout=120)
+    assert proc.returncode != 0 and "exitcode: -9" in Path(f"{out}.log").read_text()
+    killed_at = torch.load(out / "state.pt", weights_only=False)["step"]
+    finish(torchrun(dataset, out, "--max-restarts=0"), out)
     resumed, clean = audit(out), audit(clean_run)
+    assert 0 < killed_at < clean["rank-0"]["final"]["step"]
     for name in ("rank-0", "rank-1"):
         assert resumed[name]["steps"] == clean[name]["steps"]
         assert resumed[name]["final"]["step"] == clean[name]["final"]["step"]

@@ -153,8 +153,8 @@ def run(config) -> dict:
     from shards.pool import start_ray
     from shards.resize import ResizeConfig
 
-    n, lo, hi = (48, 300, 600) if config.quick else (2000, 900, 2048)
-    n_naive = 16 if config.quick else 300
+    n, lo, hi = config.pick((48, 300, 600), (300, 900, 2048), (2000, 900, 2048))
+    n_naive = config.pick(16, 60, 300)
     size = 256
     work = Path(config.workdir)
     paths = make_photos(work / "photos", n, lo, hi)

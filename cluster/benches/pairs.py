@@ -97,7 +97,7 @@ def generate(photos: int, users: int, seed: int = 0) -> pa.Table:
 
 
 def images_for(config: BenchConfig) -> tuple[Path, int, int]:
-    photos, users = (20_000, 1_000) if config.quick else (10_000_000, 500_000)
+    photos, users = config.pick((20_000, 1_000), (1_000_000, 50_000), (10_000_000, 500_000))
     path = Path(config.workdir) / f"images-{photos}-{users}-v{GENERATOR_VERSION}.parquet"
     if not path.exists():
         write_table(generate(photos, users), path, "images")

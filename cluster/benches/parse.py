@@ -190,7 +190,7 @@ def measure(fmt: str, path: Path, out: Path, tweets: int, isolated: bool) -> dic
 
 
 def run(config: BenchConfig) -> dict:
-    tweets = 2_000 if config.quick else 1_000_000
+    tweets = config.pick(2_000, 100_000, 1_000_000)
     work = Path(config.workdir)
     start = time.perf_counter()
     paths = generate(work / f"archive-{tweets}", tweets)

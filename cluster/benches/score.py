@@ -103,7 +103,7 @@ def score_one_by_one(folder: str, model: str, arch: str) -> dict:
 
 def run(config: BenchConfig) -> dict:
     # The quick run checks the code on a small model and 4 images; it measures nothing.
-    count, batch, arch = (4, 2, "resnet18") if config.quick else (96, 32, "resnet50")
+    count, batch, arch = config.pick((4, 2, "resnet18"), (32, 16, "resnet50"), (96, 32, "resnet50"))
     work = Path(config.workdir)
     folder = work / f"photos-{count}"
     make_folder(folder, count)
