@@ -87,11 +87,16 @@ def write_summary(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * len(results)))
-    labels = [f"{r['stage']}\n{r['value']:.4g} {r['unit']} vs {r['baseline']}" for r in results]
-    ax.barh(labels, [r["ratio"] for r in results], color="tab:blue")
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.6 * len(results)))
+    labels = [f"{r['stage']}\n{r['value']:.3g} {r['unit'].split(' (')[0]}" for r in results]
+    ratios = [r["ratio"] for r in results]
+    ax.barh(labels, ratios, color=["tab:blue" if x >= 1 else "tab:red" for x in ratios])
+    for y, r in enumerate(results):
+        ax.text(r["ratio"], y, f" {r['ratio']:.3g}× vs {r['baseline'][:40]}", va="center", fontsize=8)
     ax.axvline(1.0, color="grey", linestyle="--")
-    ax.set_xlabel("speed-up over the baseline measured in the same run (×)")
+    ax.set_xscale("log")  # ratios span from below 1 to hundreds
+    ax.set_xlim(min(ratios + [1]) / 2, max(ratios + [1]) * 30)
+    ax.set_xlabel("speed-up over the baseline measured in the same run (×, log scale)")
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=100)
     plt.close(fig)
