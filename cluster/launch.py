@@ -29,7 +29,8 @@ class LaunchConfig:
     gpus_per_node: int
     """Ranks per node (one per GPU; on CPU machines, processes per node)."""
     rdzv: str
-    """HOST:PORT of the c10d rendezvous (for Slurm, PORT alone is used: the first node hosts it)."""
+    """HOST:PORT of the c10d rendezvous, HOST one of the nodes (Slurm uses PORT alone: the first node
+    hosts it; Ray takes `:PORT` to let the first launcher's node host it)."""
     train_args: list[str] = field(default_factory=list)
     """Arguments passed to `python -m train` on every rank."""
     scheduler: str = "torchrun"
@@ -52,7 +53,7 @@ def validate(config: LaunchConfig) -> None:
     if config.nodes < 1 or config.gpus_per_node < 1:
         raise UserError("--nodes and --gpus-per-node must be ≥ 1")
     host, _, port = config.rdzv.rpartition(":")
-    if not port.isdigit() or (config.scheduler != "slurm" and not host):
+    if not port.isdigit() or (config.scheduler == "torchrun" and not host):
         raise UserError(f"--rdzv must be HOST:PORT, got {config.rdzv!r}")
     if not config.train_args:
         raise UserError("give the training arguments after --, e.g. -- --shards S --pairs P --out RUN")

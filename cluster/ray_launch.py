@@ -15,9 +15,12 @@ class NodeLauncher:
     """Runs one node's torchrun in the actor's node and returns its exit status."""
 
     def ip(self) -> str:
+        """The address Ray registered for this node (`ray start --node-ip-address`), which other
+        nodes reach it by; the host's default address may not be the one the cluster uses."""
         import ray
 
-        return ray.util.get_node_ip_address()
+        node_id = ray.get_runtime_context().get_node_id()
+        return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
 
     def run(self, cmd: list[str], cwd: str) -> int:
         # This node's Python, which may live elsewhere than the driver's.
@@ -41,8 +44,10 @@ def run_on_ray(config, cmd: list[str]) -> int:
     remote = ray.remote(num_cpus=1, num_gpus=gpus)(NodeLauncher)
     actors = [remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)).remote()
               for i in range(config.nodes)]
-    port = config.rdzv.rpartition(":")[2]
-    cmd = with_endpoint(cmd, f"{ray.get(actors[0].ip.remote())}:{port}")
+    # The rendezvous host the user named (one of the nodes, by an address the others reach);
+    # without one, the node of the first launcher hosts it.
+    host, _, port = config.rdzv.rpartition(":")
+    cmd = with_endpoint(cmd, f"{host or ray.get(actors[0].ip.remote())}:{port}")
     try:
         codes = ray.get([a.run.remote(cmd, os.getcwd()) for a in actors])
     finally:

@@ -115,3 +115,14 @@ def test_shards_build_on_a_two_node_ray_cluster_equals_a_local_build(train_datas
     assert remote.select(cols).sort_by(sort).equals(local.select(cols).sort_by(sort))
     assert pc.all(pc.equal(remote.column("status"), "ok")).as_py()
 
+
+
+def test_training_as_a_ray_job_on_two_nodes(train_dataset, ray_cluster, tmp_path):
+    """`--scheduler ray`: one launcher actor per Ray node, each running its node's torchrun."""
+    address, env = ray_cluster
+    out = tmp_path / "run"
+    result = run_iipa("launch", "train", "--scheduler", "ray", "--ray-address", address, "--nodes", "2",
+                      "--gpus-per-node", "1", "--rdzv", f"127.0.0.1:{free_port()}", "--max-restarts", "0",
+                      "--", *train_args(train_dataset, out), env=env, timeout=400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    check_two_rank_run(train_dataset, out)
