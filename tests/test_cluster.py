@@ -126,3 +126,13 @@ def test_training_as_a_ray_job_on_two_nodes(train_dataset, ray_cluster, tmp_path
                       "--", *train_args(train_dataset, out), env=env, timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     check_two_rank_run(train_dataset, out)
+
+
+def test_ray_cluster_config_is_a_local_provider_with_head_and_workers():
+    import yaml
+
+    config = yaml.safe_load((REPO / "cluster" / "ray-cluster.yaml").read_text())
+    assert config["provider"]["type"] == "local"
+    assert config["provider"]["head_ip"] and len(config["provider"]["worker_ips"]) >= 1
+    assert any("ray start --head" in c for c in config["head_start_ray_commands"])
+    assert any("--address" in c for c in config["worker_start_ray_commands"])
