@@ -87,7 +87,7 @@ def load_pairs(path: Path, index: ShardIndex) -> Pairs:
     arrays = {k: np.concatenate(v) for k, v in columns.items()}
     split_all = np.concatenate(split)
     hi, lo = arrays["hi_key"], arrays["lo_key"]
-    present = np.fromiter((a in index and b in index for a, b in zip(hi, lo)), dtype=bool, count=len(hi))
+    present = index.both_present(hi, lo)
     if not present.any():
         raise UserError(f"{path}: none of its {len(hi)} pairs has both images in {index.dir}")
     return Pairs(hi[present], lo[present], arrays["user_id"][present], arrays["rule"][present],

@@ -40,6 +40,10 @@ class ShardIndex:
     def __contains__(self, key: str) -> bool:
         return key in self.row
 
+    def both_present(self, hi, lo) -> np.ndarray:
+        """Mask of the pairs (hi[i], lo[i]) whose two images were sharded successfully."""
+        return np.fromiter((a in self.row and b in self.row for a, b in zip(hi, lo)), dtype=bool, count=len(hi))
+
     def locate(self, key: str) -> Location:
         i = self.row[key]
         return Location(self.shards[i], int(self.offsets[i]), int(self.sizes[i]))

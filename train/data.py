@@ -58,7 +58,7 @@ def load_pairs(path, index: ShardIndex) -> PairSet:
     table = read_table(path, "pairs")
     hi = table.column("hi_key").to_numpy(zero_copy_only=False)
     lo = table.column("lo_key").to_numpy(zero_copy_only=False)
-    present = np.fromiter((a in index and b in index for a, b in zip(hi, lo)), dtype=bool, count=len(hi))
+    present = index.both_present(hi, lo)
     hi, lo = hi[present], lo[present]
     needed = np.unique(np.concatenate([index.shard_of(hi), index.shard_of(lo)])) if len(hi) else []
     absent = [name for name in needed if not (index.dir / name).is_file()]
