@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.console import UserError
-from shards.fetch import FetchConfig, fetch
+from shards.fetch import FetchConfig, fetch, http_client
 from shards.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
 from shards.resize import RESAMPLE, ResizeConfig, resize_image
 from shards.schema import IMAGES, OK, conform, read_table
@@ -95,10 +95,10 @@ def plan(table: pa.Table, config: BuildConfig) -> list[tuple[str, pa.Table]]:
     return jobs
 
 
-def process_row(row: dict, session, config: BuildConfig) -> tuple[dict, bytes | None]:
+def process_row(row: dict, client, config: BuildConfig) -> tuple[dict, bytes | None]:
     """Fetch, decode and resize one row; the row comes back with its status (errors are values)."""
     try:
-        fetched = fetch(row["url"], session, config.fetch)
+        fetched = fetch(row["url"], client, config.fetch)
         if fetched.data is None:
             return {**row, "status": fetched.status, "error": fetched.error}, None
         resized = resize_image(fetched.data, config.resize)
@@ -131,17 +131,11 @@ def write_shard(out: Path, name: str, results) -> dict:
 
 
 class ShardWorker:
-    """A Ray actor that builds whole shards with one pooled HTTP session and a thread pool."""
+    """A Ray actor that builds whole shards with one pooled HTTP client and a thread pool."""
 
     def __init__(self, config: BuildConfig):
-        import requests
-        from requests.adapters import HTTPAdapter
-
         self.config = config
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=config.threads)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.client = http_client(config.threads)
         self.pool = ThreadPoolExecutor(config.threads)
 
     def build(self, job: tuple[str, pa.Table]) -> dict:
@@ -152,7 +146,7 @@ class ShardWorker:
         name, rows = job
         node = ray.get_runtime_context().get_node_id()  # which node built it: shows work spread
         try:
-            results = self.pool.map(lambda r: process_row(r, self.session, self.config), rows.to_pylist())
+            results = self.pool.map(lambda r: process_row(r, self.client, self.config), rows.to_pylist())
             return {**write_shard(Path(self.config.out), name, results), "node": node}
         except Exception as exc:
             return {"name": name, "rows": rows.num_rows, "ok": 0, "node": node,

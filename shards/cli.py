@@ -8,6 +8,7 @@ from pathlib import Path
 
 from shards.console import Parser, run_main
 from shards.fetch import X_MEDIA_HOSTS
+from shards.resize import RESAMPLE
 
 EXIT_DAMAGED = 1  # verify found a problem (2 stays "you used the command wrongly")
 
@@ -26,8 +27,8 @@ def _build_parser(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="shards folder")
     p.add_argument("--only-paired", type=Path, help="pairs folder: fetch only the images some pair uses")
     p.add_argument("--size", type=int, default=256, help="shorter side of stored images, never upscaled (default 256)")
-    p.add_argument("--resample", default="bicubic", choices=["bicubic", "lanczos", "bilinear"],
-                   help="filter of the last resampling step (default bicubic)")
+    p.add_argument("--resample", default="area", choices=list(RESAMPLE),
+                   help="filter of the last resampling step (default area)")
     _common(p, workers_default=2)
     p.add_argument("--threads", type=int, default=8, help="concurrent fetches per actor (default 8)")
     p.add_argument("--allow-hosts", default=",".join(X_MEDIA_HOSTS),

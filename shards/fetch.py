@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Mapping
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
-import requests
+import urllib3
+from urllib3.exceptions import HTTPError, LocationValueError, ProtocolError
 
 X_MEDIA_HOSTS = ("pbs.twimg.com", "ton.twimg.com")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -104,10 +106,15 @@ def _checked(data: bytes) -> Fetched:
     return Fetched(data=data)
 
 
-def retry_delay(response: requests.Response | None, attempt: int, config: FetchConfig) -> float | None:
+def http_client(threads: int) -> urllib3.PoolManager:
+    """One client per actor: keep-alive connections, up to `threads` per host, no hidden retries."""
+    return urllib3.PoolManager(num_pools=16, maxsize=threads, block=False, retries=False)
+
+
+def retry_delay(headers: Mapping[str, str] | None, attempt: int, config: FetchConfig) -> float | None:
     """Seconds to wait before the next attempt: Retry-After (seconds or an HTTP date) when the
     server sent one, else exponential backoff; None when the server asks for too long a wait."""
-    header = response.headers.get("Retry-After") if response is not None else None
+    header = headers.get("Retry-After") if headers is not None else None
     if header:
         header = header.strip()
         try:
@@ -120,54 +127,59 @@ def retry_delay(response: requests.Response | None, attempt: int, config: FetchC
     return config.backoff * 2 ** attempt
 
 
-def _read_body(response: requests.Response, config: FetchConfig, started: float) -> Fetched:
+def _read_body(response: urllib3.BaseHTTPResponse, config: FetchConfig, started: float) -> Fetched:
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > config.max_bytes:
         return Fetched(status="too_large", error=f"Content-Length {length} > {config.max_bytes} bytes")
     body = bytearray()
-    for chunk in response.iter_content(256 * 1024):
-        body += chunk
-        if len(body) > config.max_bytes:
-            return Fetched(status="too_large", error=f"body over {config.max_bytes} bytes")
-        if time.monotonic() - started > config.total_timeout:
-            return Fetched(status="timeout", error=f"body not complete after {config.total_timeout:g}s")
+    try:
+        for chunk in response.stream(256 * 1024):
+            body += chunk
+            if len(body) > config.max_bytes:
+                return Fetched(status="too_large", error=f"body over {config.max_bytes} bytes")
+            if time.monotonic() - started > config.total_timeout:
+                return Fetched(status="timeout", error=f"body not complete after {config.total_timeout:g}s")
+    except ProtocolError as exc:  # the connection broke inside the body
+        return Fetched(status="truncated", error=f"{len(body)} bytes, then {exc}"[:200])
     if length.isdigit() and len(body) < int(length):  # a server that closes early without an error
         return Fetched(status="truncated", error=f"{len(body)} of {length} bytes")
     return _checked(bytes(body))
 
 
-def _http_once(session: requests.Session, url: str, config: FetchConfig) -> tuple[Fetched, requests.Response | None]:
-    """One GET, following redirects by hand so that every hop is checked against the allow-list."""
+def _http_once(client: urllib3.PoolManager, url: str, config: FetchConfig) -> tuple[Fetched, int | None, Mapping | None]:
+    """One GET, following redirects by hand so that every hop is checked against the allow-list.
+    Returns the result and the final response's status and headers (for the retry decision)."""
     started = time.monotonic()
+    timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
     for _ in range(MAX_REDIRECTS + 1):
         host = urlsplit(url).hostname
         if not host_allowed(host, config.allow_hosts):
-            return Fetched(status="host_not_allowed", error=f"host {host} is not in the allow-list"), None
-        response = session.get(url, timeout=config.timeout, stream=True, allow_redirects=False)
+            return Fetched(status="host_not_allowed", error=f"host {host} is not in the allow-list"), None, None
+        response = client.request("GET", url, timeout=timeout, preload_content=False, redirect=False)
+        # A body read to its end hands the connection back to the pool for the next image;
+        # closing the response then only drops a connection left mid-body.
         with response:
-            if response.is_redirect:
+            if response.get_redirect_location():
                 url = urljoin(url, response.headers["Location"])
                 continue
-            if response.status_code != 200:
-                return Fetched(status=f"http_{response.status_code}", error=response.reason), response
-            return _read_body(response, config, started), response
-    return Fetched(status="too_many_redirects", error=f"more than {MAX_REDIRECTS} redirects"), None
+            if response.status != 200:
+                return Fetched(status=f"http_{response.status}", error=response.reason), response.status, response.headers
+            return _read_body(response, config, started), response.status, response.headers
+    return Fetched(status="too_many_redirects", error=f"more than {MAX_REDIRECTS} redirects"), None, None
 
 
-def _http_attempt(session: requests.Session, url: str, config: FetchConfig) -> tuple[Fetched, requests.Response | None]:
+def _http_attempt(client: urllib3.PoolManager, url: str, config: FetchConfig) -> tuple[Fetched, int | None, Mapping | None]:
     try:
-        return _http_once(session, url, config)
-    except requests.Timeout as exc:
-        return Fetched(status="timeout", error=str(exc)[:200]), None
-    except requests.exceptions.ChunkedEncodingError as exc:  # the connection broke inside the body
-        return Fetched(status="truncated", error=str(exc)[:200]), None
-    except requests.exceptions.InvalidURL as exc:
-        return Fetched(status="bad_url", error=str(exc)[:200]), None
-    except requests.RequestException as exc:
-        return Fetched(status="connection_error", error=str(exc)[:200]), None
+        return _http_once(client, url, config)
+    except urllib3.exceptions.TimeoutError as exc:  # before HTTPError, its base
+        return Fetched(status="timeout", error=str(exc)[:200]), None, None
+    except LocationValueError as exc:
+        return Fetched(status="bad_url", error=str(exc)[:200]), None, None
+    except (HTTPError, OSError) as exc:
+        return Fetched(status="connection_error", error=str(exc)[:200]), None, None
 
 
-def fetch(url: str | None, session: requests.Session, config: FetchConfig) -> Fetched:
+def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig) -> Fetched:
     """Fetch one image's bytes; never raises for a problem of that image."""
     if not url:
         return Fetched(status="no_url", error="the row has no URL")
@@ -180,11 +192,11 @@ def fetch(url: str | None, session: requests.Session, config: FetchConfig) -> Fe
         return Fetched(status="bad_url", error=f"unsupported URL scheme {parts.scheme!r}")
     url = x_media_url(url, config.remote_size)
     for attempt in range(config.retries + 1):
-        result, response = _http_attempt(session, url, config)
-        retryable = result.status in RETRY_ERRORS or (response is not None and response.status_code in RETRY_STATUSES)
+        result, status, headers = _http_attempt(client, url, config)
+        retryable = result.status in RETRY_ERRORS or status in RETRY_STATUSES
         if not retryable or attempt == config.retries:
             return result
-        delay = retry_delay(response, attempt, config)
+        delay = retry_delay(headers, attempt, config)
         if delay is None:
             result.error = f"{result.error} (Retry-After over {config.max_retry_after:g}s)"
             return result

@@ -23,4 +23,5 @@ def test_ingest_bench_quick_reports_a_ratio(ray_local, tmp_path):
     assert result["value"] > 0 and result["baseline_value"] > 0
     assert result["ratio"] == round(result["value"] / result["baseline_value"], 2)
     assert 0 < result["share_of_decoder_speed"]
+    assert result["share_of_decoder_bound"] == round(result["value"] / result["decoder_bound_img_s"], 3)
     assert len(list((tmp_path / "shards").glob("*.tar"))) == 1

@@ -1,17 +1,11 @@
-"""Pure parts of fetching: X's size variants, the allow-list, Retry-After parsing."""
+"""Parts of fetching: X's size variants, the allow-list, Retry-After parsing, kept-alive connections."""
 from email.utils import formatdate
+import http.server
+import threading
 import time
 
-import requests
-
-from shards.fetch import FetchConfig, host_allowed, retry_delay, x_media_url
-
-
-def response_with(headers: dict) -> requests.Response:
-    response = requests.Response()
-    response.status_code = 429
-    response.headers.update(headers)
-    return response
+from conftest import Routes
+from shards.fetch import FetchConfig, fetch, host_allowed, http_client, retry_delay, x_media_url
 
 
 def test_x_media_urls_ask_for_the_size_variant():
@@ -32,8 +26,34 @@ def test_allow_list_is_exact_unless_a_domain_is_given():
 
 def test_retry_after_seconds_dates_backoff_and_cap():
     config = FetchConfig(backoff=0.25, max_retry_after=30)
-    assert retry_delay(response_with({"Retry-After": "2"}), 0, config) == 2.0
-    assert 5 <= retry_delay(response_with({"Retry-After": formatdate(time.time() + 7, usegmt=True)}), 0, config) <= 7
-    assert retry_delay(response_with({}), 2, config) == 1.0  # 0.25 · 2²
+    assert retry_delay({"Retry-After": "2"}, 0, config) == 2.0
+    assert 5 <= retry_delay({"Retry-After": formatdate(time.time() + 7, usegmt=True)}, 0, config) <= 7
+    assert retry_delay({}, 2, config) == 1.0  # 0.25 · 2²
     assert retry_delay(None, 0, config) == 0.25  # a timeout: plain backoff
-    assert retry_delay(response_with({"Retry-After": "3600"}), 0, config) is None  # give up, record the 429
+    assert retry_delay({"Retry-After": "3600"}, 0, config) is None  # give up, record the 429
+
+
+def test_one_client_keeps_its_connection_alive_between_images(photos):
+    """Connection set-up costs as much CPU as the transfer on loopback: a client reuses one."""
+    connections = []
+
+    class KeepAlive(Routes):
+        protocol_version = "HTTP/1.1"
+        routes = {"/a.jpg": (200, {}, photos["coffee"]), "/b.jpg": (200, {}, photos["astronaut"])}
+        hits: dict = {}
+
+        def setup(self):
+            connections.append(self.client_address)
+            super().setup()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base, client = f"http://127.0.0.1:{server.server_address[1]}", http_client(2)
+        config = FetchConfig(allow_hosts=("127.0.0.1",))
+        got = [fetch(f"{base}/{name}.jpg", client, config).data for name in ("a", "b", "a", "b")]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got == [photos["coffee"], photos["astronaut"]] * 2
+    assert len(connections) == 1
