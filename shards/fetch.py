@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 import urllib3
@@ -58,6 +57,10 @@ class Fetched:
     data: bytes | None = None
     status: str = "ok"
     error: str | None = None
+    http_status: int | None = None
+    """The final response's HTTP status, when there was one (for the retry decision)."""
+    retry_after: str | None = None
+    """The final response's Retry-After header, when it sent one."""
 
 
 def is_image(data: bytes) -> bool:
@@ -111,10 +114,9 @@ def http_client(threads: int) -> urllib3.PoolManager:
     return urllib3.PoolManager(num_pools=16, maxsize=threads, block=False, retries=False)
 
 
-def retry_delay(headers: Mapping[str, str] | None, attempt: int, config: FetchConfig) -> float | None:
+def retry_delay(header: str | None, attempt: int, config: FetchConfig) -> float | None:
     """Seconds to wait before the next attempt: Retry-After (seconds or an HTTP date) when the
     server sent one, else exponential backoff; None when the server asks for too long a wait."""
-    header = headers.get("Retry-After") if headers is not None else None
     if header:
         header = header.strip()
         try:
@@ -146,15 +148,14 @@ def _read_body(response: urllib3.BaseHTTPResponse, config: FetchConfig, started:
     return _checked(bytes(body))
 
 
-def _http_once(client: urllib3.PoolManager, url: str, config: FetchConfig) -> tuple[Fetched, int | None, Mapping | None]:
-    """One GET, following redirects by hand so that every hop is checked against the allow-list.
-    Returns the result and the final response's status and headers (for the retry decision)."""
+def _http_once(client: urllib3.PoolManager, url: str, config: FetchConfig) -> Fetched:
+    """One GET, following redirects by hand so that every hop is checked against the allow-list."""
     started = time.monotonic()
     timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
     for _ in range(MAX_REDIRECTS + 1):
         host = urlsplit(url).hostname
         if not host_allowed(host, config.allow_hosts):
-            return Fetched(status="host_not_allowed", error=f"host {host} is not in the allow-list"), None, None
+            return Fetched(status="host_not_allowed", error=f"host {host} is not in the allow-list")
         response = client.request("GET", url, timeout=timeout, preload_content=False, redirect=False)
         # A body read to its end hands the connection back to the pool for the next image;
         # closing the response then only drops a connection left mid-body.
@@ -163,20 +164,21 @@ def _http_once(client: urllib3.PoolManager, url: str, config: FetchConfig) -> tu
                 url = urljoin(url, response.headers["Location"])
                 continue
             if response.status != 200:
-                return Fetched(status=f"http_{response.status}", error=response.reason), response.status, response.headers
-            return _read_body(response, config, started), response.status, response.headers
-    return Fetched(status="too_many_redirects", error=f"more than {MAX_REDIRECTS} redirects"), None, None
+                return Fetched(status=f"http_{response.status}", error=response.reason, http_status=response.status,
+                               retry_after=response.headers.get("Retry-After"))
+            return _read_body(response, config, started)
+    return Fetched(status="too_many_redirects", error=f"more than {MAX_REDIRECTS} redirects")
 
 
-def _http_attempt(client: urllib3.PoolManager, url: str, config: FetchConfig) -> tuple[Fetched, int | None, Mapping | None]:
+def _http_attempt(client: urllib3.PoolManager, url: str, config: FetchConfig) -> Fetched:
     try:
         return _http_once(client, url, config)
     except urllib3.exceptions.TimeoutError as exc:  # before HTTPError, its base
-        return Fetched(status="timeout", error=str(exc)[:200]), None, None
+        return Fetched(status="timeout", error=str(exc)[:200])
     except LocationValueError as exc:
-        return Fetched(status="bad_url", error=str(exc)[:200]), None, None
+        return Fetched(status="bad_url", error=str(exc)[:200])
     except (HTTPError, OSError) as exc:
-        return Fetched(status="connection_error", error=str(exc)[:200]), None, None
+        return Fetched(status="connection_error", error=str(exc)[:200])
 
 
 def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig) -> Fetched:
@@ -192,11 +194,11 @@ def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig) -> 
         return Fetched(status="bad_url", error=f"unsupported URL scheme {parts.scheme!r}")
     url = x_media_url(url, config.remote_size)
     for attempt in range(config.retries + 1):
-        result, status, headers = _http_attempt(client, url, config)
-        retryable = result.status in RETRY_ERRORS or status in RETRY_STATUSES
+        result = _http_attempt(client, url, config)
+        retryable = result.status in RETRY_ERRORS or result.http_status in RETRY_STATUSES
         if not retryable or attempt == config.retries:
             return result
-        delay = retry_delay(headers, attempt, config)
+        delay = retry_delay(result.retry_after, attempt, config)
         if delay is None:
             result.error = f"{result.error} (Retry-After over {config.max_retry_after:g}s)"
             return result
