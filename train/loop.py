@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 from shards.console import progress
 from shards.locate import ShardIndex
@@ -30,18 +31,40 @@ from train.model import build_model, head_parameters, pair_loss, pair_scores
 log = logging.getLogger("iipa.train")
 
 
+def attempt_store() -> dist.Store | None:
+    """The store of torchrun's agent with keys scoped to this restart, or None for torch's default.
+
+    torchrun (c10d rendezvous, as with --standalone) hands every restart of the workers the same
+    agent-hosted TCPStore, and init_process_group keys it without the attempt: restarted workers
+    can read the addresses their killed predecessors published and fail to connect (gloo
+    "Connection refused" or a hang; pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT tells the
+    attempts apart, but each agent counts its own restarts, so it is only shared by all ranks when
+    one agent runs them all (one node); other layouts keep torch's default.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or os.environ.get("GROUP_WORLD_SIZE") != "1":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=default_pg_timeout)
+    return dist.PrefixStore(f"iipa/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def setup_distributed() -> tuple[World, torch.device]:
     """Join torchrun's process group if there is one; pick this rank's device."""
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:
         return World(), torch.device("cuda" if cuda else "cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    world = World(rank=dist.get_rank(), world_size=dist.get_world_size(), node=int(os.environ.get("GROUP_RANK", 0)))
+        backend, store = "nccl" if cuda else "gloo", attempt_store()
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
+    world = World(rank=dist.get_rank(), world_size=dist.get_world_size(), node=int(os.environ.get("GROUP_RANK", "0")))
     return world, device
 
 
@@ -191,6 +214,9 @@ class Trainer:
             log.info("%d train pairs (%d without images), %d val pairs, %d ranks, %d steps/epoch, init %s, device %s",
                      len(self.train_pairs), self.train_pairs.missing, len(val_pairs), self.world.world_size,
                      self.steps, init, self.device)
+            if self.state is not None:
+                log.info("resuming from state.pt at step %d (epoch %d, step %d of it)",
+                         self.state["step"], self.state["epoch"], self.state["epoch_step"])
 
     def train_step(self, batch) -> tuple[float, torch.Tensor, torch.Tensor]:
         """Forward over the batch's unique images, loss on score differences, backward, update."""
