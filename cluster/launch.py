@@ -59,6 +59,18 @@ def validate(config: LaunchConfig) -> None:
         raise UserError("give the training arguments after --, e.g. -- --shards S --pairs P --out RUN")
 
 
+def launch_env(config: LaunchConfig) -> dict[str, str]:
+    """Environment of every node's torchrun (an OMP_NUM_THREADS already set is kept)."""
+    return {
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(config.omp_threads)),
+        # torchrun keeps one rendezvous store across restarts and torch writes the ranks' addresses
+        # into it without the attempt, so a restarted rank could connect to a killed peer's old
+        # address (pytorch/pytorch#135712). A fresh store each round; train/loop.py covers the
+        # one-node case when torchrun is started by hand.
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    }
+
+
 def torchrun_command(config: LaunchConfig, endpoint: str | None = None) -> list[str]:
     """The launcher command every node runs; identical on all nodes (c10d assigns node ranks)."""
     return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={config.nodes}",
@@ -82,7 +94,7 @@ def slurm_script(config: LaunchConfig) -> str:
         "set -euo pipefail",
         "# The first node of the allocation hosts the c10d rendezvous.",
         'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        f"export OMP_NUM_THREADS={config.omp_threads}",
+        *(f"export {name}={shlex.quote(value)}" for name, value in launch_env(config).items()),
         "export NCCL_ASYNC_ERROR_HANDLING=1  # a failed rank aborts collectives instead of hanging",
         f"srun --kill-on-bad-exit=0 {quoted}",
         "",
@@ -94,8 +106,7 @@ def run_torchrun(config: LaunchConfig, dry_run: bool) -> int:
     print(shlex.join(cmd))
     if dry_run:
         return 0
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(config.omp_threads))}
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd, env={**os.environ, **launch_env(config)})
 
 
 def run_slurm(config: LaunchConfig, dry_run: bool) -> int:
@@ -116,7 +127,7 @@ def run_ray(config: LaunchConfig, dry_run: bool) -> int:
         return 0
     from cluster.ray_launch import run_on_ray
 
-    return run_on_ray(config, torchrun_command(config))
+    return run_on_ray(config, torchrun_command(config), launch_env(config))
 
 
 LAUNCHERS = {"torchrun": run_torchrun, "slurm": run_slurm, "ray": run_ray}

@@ -22,16 +22,17 @@ class NodeLauncher:
         node_id = ray.get_runtime_context().get_node_id()
         return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
 
-    def run(self, cmd: list[str], cwd: str) -> int:
+    def run(self, cmd: list[str], cwd: str, env: dict[str, str]) -> int:
         # This node's Python, which may live elsewhere than the driver's.
-        return subprocess.call([sys.executable, *cmd[1:]], cwd=cwd if os.path.isdir(cwd) else None)
+        return subprocess.call([sys.executable, *cmd[1:]], cwd=cwd if os.path.isdir(cwd) else None,
+                               env={**os.environ, **env})
 
 
 def with_endpoint(cmd: list[str], endpoint: str) -> list[str]:
     return [f"--rdzv-endpoint={endpoint}" if c.startswith("--rdzv-endpoint=") else c for c in cmd]
 
 
-def run_on_ray(config, cmd: list[str]) -> int:
+def run_on_ray(config, cmd: list[str], env: dict[str, str]) -> int:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -49,7 +50,7 @@ def run_on_ray(config, cmd: list[str]) -> int:
     host, _, port = config.rdzv.rpartition(":")
     cmd = with_endpoint(cmd, f"{host or ray.get(actors[0].ip.remote())}:{port}")
     try:
-        codes = ray.get([a.run.remote(cmd, os.getcwd()) for a in actors])
+        codes = ray.get([a.run.remote(cmd, os.getcwd(), env) for a in actors])
     finally:
         remove_placement_group(group)
     return max(codes)

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -14,6 +15,7 @@ import pytest
 from shards.locate import ShardIndex
 from shards.schema import read_table
 from tests.conftest import REPO, run_iipa
+from tests.test_train import rank_pid
 from train.data import load_pairs
 
 TRAIN = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--batch-pairs", "16", "--max-steps", "3",
@@ -62,6 +64,33 @@ def test_two_torchrun_nodes_share_one_job(train_dataset, tmp_path):
     check_two_rank_run(train_dataset, out)
 
 
+def test_two_nodes_restart_in_place_after_a_rank_dies(train_dataset, tmp_path):
+    """Rank 1 is SIGKILLed on its node; both nodes' torchrun restart their workers in a new
+    rendezvous round, which resume from state.pt and finish in step."""
+    out, port = tmp_path / "run", free_port()
+    args = [*train_args(train_dataset, out), "--epochs", "2", "--max-steps", "6", "--ckpt-every", "2"]
+    cmd = [sys.executable, "-m", "cluster", "launch", "train", "--nodes", "2", "--gpus-per-node", "1",
+           "--rdzv", f"127.0.0.1:{port}", "--run-id", "restart", "--max-restarts", "1", "--", *args]
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    nodes = [subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT) for log in logs]
+    try:
+        deadline = time.time() + 300
+        while not (out / "state.pt").exists() and time.time() < deadline and all(p.poll() is None for p in nodes):
+            time.sleep(0.2)
+        os.kill(rank_pid(1, out), signal.SIGKILL)
+        codes = [p.wait(timeout=300) for p in nodes]
+    finally:
+        for p in nodes:
+            p.kill() if p.poll() is None else None
+    text = "".join(log.read_text() for log in logs)
+    assert codes == [0, 0], text[-4000:]
+    assert "exitcode: -9" in text and "resuming from state.pt at step" in text
+    finals = [[json.loads(line) for line in path.read_text().splitlines() if '"final"' in line][-1]
+              for path in sorted((out / "audit").glob("rank-*.jsonl"))]
+    assert len(finals) == 2 and finals[0]["params_sha1"] == finals[1]["params_sha1"]
+    assert finals[0]["step"] == finals[1]["step"] == 6
+
+
 def test_launch_dry_runs_print_what_would_run(tmp_path):
     args = ["launch", "train", "--nodes", "4", "--gpus-per-node", "8", "--rdzv", "head:29400", "--run-id", "r1"]
     result = run_iipa(*args, "--dry-run", "--", "--shards", "/s", "--pairs", "/p")
@@ -75,6 +104,7 @@ def test_launch_dry_runs_print_what_would_run(tmp_path):
     text = script.read_text()
     assert "#SBATCH --nodes=4" in text and "#SBATCH --gpus-per-node=8" in text
     assert "srun" in text and "--rdzv-endpoint=$HEAD:29400" in text and "scontrol show hostnames" in text
+    assert "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in text  # restarts get a fresh store
     bad = run_iipa("launch", "train", "--nodes", "2", "--gpus-per-node", "1", "--rdzv", "nohostport")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
 
