@@ -137,23 +137,33 @@ def page_times(pages: pa.Table, fallback) -> pa.Array:
     return pc.fill_null(when, pa.scalar(fallback, TS)) if fallback is not None else when
 
 
+def page_keys(page: np.ndarray, media_keys: pa.Array) -> pa.Array:
+    """(page, media key) as one string: a media key names a medium of its own page only."""
+    return pc.binary_join_element_wise(pa.array(page.astype(str)), media_keys, "\x00")
+
+
 def photos(pages: pa.Table, tweets: pa.Array, tweet_page: np.ndarray, media_types) -> pa.Table:
-    """(tweet, media_key, url) of every kept medium, in tweet then attachment order."""
+    """(tweet, media_key, url) of every kept medium, in tweet then attachment order.
+
+    A hash lookup rather than a join: Arrow's joins run on its own threads and allocate from its
+    default allocator whatever pool is set, which holds on to tens of MB per thread.
+    """
     keys = _field(tweets, "attachments", "media_keys")
     key_tweet = pc.list_parent_indices(keys).to_numpy()
-    left = pa.table({"page": tweet_page[key_tweet], "media_key": pc.list_flatten(keys),
-                     "tweet": key_tweet, "order": np.arange(len(key_tweet))})
     media_lists = _field(pages.column("includes").combine_chunks(), "media")
     media = pc.list_flatten(media_lists)
-    right = pa.table({"page": pc.list_parent_indices(media_lists).to_numpy(), "media_key": _field(media, "media_key"),
-                      "type": _field(media, "type"),
-                      "url": pc.coalesce(pc.if_else(pc.equal(_field(media, "url"), ""), None, _field(media, "url")),
-                                         _field(media, "preview_image_url"))})
-    joined = left.join(right, keys=["page", "media_key"], join_type="inner").sort_by("order")
-    order = joined.column("order").to_numpy()
-    if np.any(order[1:] == order[:-1]):
+    offered = page_keys(pc.list_parent_indices(media_lists).to_numpy(), _field(media, "media_key"))
+    if pc.count_distinct(offered).as_py() != len(offered) - offered.null_count:
         raise NotClean("a page lists one media key twice")
-    return joined.filter(pc.is_in(joined.column("type"), pa.array(sorted(media_types), pa.string())))
+    wanted = page_keys(tweet_page[key_tweet], pc.list_flatten(keys))
+    at = pc.fill_null(pc.index_in(wanted, value_set=offered, skip_nulls=True), -1).to_numpy()
+    found = np.flatnonzero(at >= 0)
+    pick = pa.array(at[found], pa.int64())
+    url = _field(media, "url")
+    url = pc.coalesce(pc.if_else(pc.equal(url, ""), None, url), _field(media, "preview_image_url"))
+    kept = pa.table({"tweet": key_tweet[found], "media_key": _field(media, "media_key").take(pick),
+                     "type": _field(media, "type").take(pick), "url": url.take(pick)})
+    return kept.filter(pc.is_in(kept.column("type"), pa.array(sorted(media_types), pa.string())))
 
 
 def retweets(tweets: pa.Array) -> np.ndarray:

@@ -18,6 +18,10 @@ def test_ingest_parse_bench_quick(tmp_path):
     # every format holds the same tweets, so each gives the same images
     assert len({f["images"] for f in formats.values()}) == 1 and formats["twarc2"]["images"] > result["tweets"]
     assert all(f["peak_rss_mb"] > 0 for f in formats.values())
+    # peak memory at two archive sizes at least, and how much it grew from the smallest to the largest
+    peaks = {int(n): mb for n, mb in result["memory_flat"]["twarc2_peak_rss_mb"].items()}
+    assert len(peaks) >= 2 and max(peaks) == result["tweets"] and all(mb > 0 for mb in peaks.values())
+    assert result["memory_growth"] == round(peaks[max(peaks)] / peaks[min(peaks)], 3)
     table = read_table(tmp_path / "out" / "twarc2.parquet", "images")
     other = read_table(tmp_path / "out" / "v1.parquet", "images")
     assert sorted(table.column("key").to_pylist()) == sorted(other.column("key").to_pylist())

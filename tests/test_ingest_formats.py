@@ -247,6 +247,34 @@ def test_twarc2_fast_path_equals_reference(tmp_path, v2_page):
             (2, "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")]
 
 
+def test_fast_path_finds_media_in_the_tweets_own_page_only(tmp_path):
+    """Media keys are looked up per page: a key offered only by another page gives no row, a key
+    offered twice sends the page to the reference reader, and both paths still agree."""
+    def tweet(n, keys):
+        return {"id": str(n), "author_id": "9", "created_at": "2026-01-01T00:00:00.000Z", "text": f"t{n}",
+                "attachments": {"media_keys": keys}}
+
+    def medium(key, kind="photo"):
+        return {"media_key": key, "type": kind, "url": f"https://pbs.twimg.com/media/{key}.jpg"}
+
+    when = {"retrieved_at": "2026-02-01T00:00:00+00:00"}
+    pages = [{"data": [tweet(1, ["3_1", "3_2"]), tweet(2, ["3_9"])], "includes": {"media": [medium("3_1"), medium("3_2")]},
+              "__twarc": when},
+             {"data": [tweet(3, ["3_3", "7_3"])], "includes": {"media": [medium("3_9"), medium("3_3"), medium("7_3", "video")]},
+              "__twarc": when},
+             {"data": [tweet(4, ["3_4"])], "includes": {"media": [medium("3_4"), medium("3_4")]}, "__twarc": when}]
+    path = tmp_path / "pages.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pages))
+    reference = sorted((r["key"], r["media_key"]) for r in read_twarc2(path))
+    for block in (10, 1 << 20):  # a page a block, then all pages in one (sent line by line for the repeated key)
+        items = list(read_twarc2_fast(path, block_bytes=block))
+        tables = [t for t in items if isinstance(t, pa.Table)]
+        assert bool(tables) == (block == 10)
+        fast = [r for t in tables for r in t.to_pylist()] + [i for i in items if isinstance(i, dict)]
+        assert sorted((r["key"], r["media_key"]) for r in fast) == reference
+    assert reference == [("1_0", "3_1"), ("1_1", "3_2"), ("3_0", "3_3"), ("4_0", "3_4")]
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.sampled_from(list("\x00\x01aZ9_' #@＃＠:/.-\n\u3000\u00a0éΣσİß😀ｈ") + ["http://", "https://x"]),
                          max_size=30).map("".join), min_size=1, max_size=40))
@@ -267,6 +295,7 @@ def test_partitions_give_the_same_table_and_keep_latest_counts(tmp_path, monkeyp
     paths = [tmp_path / "later.jsonl", out / "archive.jsonl"]
     one = ingest_archive(ArchiveConfig(paths, tmp_path / "one.parquet"))
     monkeypatch.setattr(archive, "PARTITION_BYTES", 5000)
+    monkeypatch.setattr(archive, "ROW_GROUP_ROWS", 50)
     many = ingest_archive(ArchiveConfig(paths, tmp_path / "many.parquet"))
     a, b = read_table(tmp_path / "one.parquet", "images"), read_table(tmp_path / "many.parquet", "images")
     assert one["images"] == many["images"] == a.num_rows == b.num_rows and one["duplicates"] == a.num_rows

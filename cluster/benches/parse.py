@@ -6,7 +6,9 @@ archive format; each format then goes the whole way through `ingest_archive` (fi
 table) in a fresh process, timed by its CPU seconds, so "per core" holds whatever threads Arrow
 uses. The baseline, measured in the same run and the same way, is `json.loads` of every line of
 the twarc2 file into a list of dicts: parsing alone, nothing kept or written. Peak memory is
-reported per format, and for twarc2 at a quarter of the size too, to show it stays flat.
+reported per format, and for twarc2 at several sizes (the first pages of the same archive), with
+`memory_growth`, the peak at the largest size over the peak at the smallest: near 1 when memory
+is flat in the archive's size.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import random
 import resource
 import time
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 from cluster.bench import BenchConfig, peak_rss_mb, run_isolated
@@ -152,6 +155,15 @@ def generate(folder: Path, tweets: int, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+def first_pages(archive: Path, out: Path, tweets: int) -> Path:
+    """A smaller twarc2 archive: the first pages of `archive`, holding `tweets` tweets."""
+    if not out.exists():
+        with open(archive, "rb") as src, open(out.with_suffix(".tmp"), "wb") as dst:
+            dst.writelines(islice(src, tweets // PAGE))
+        out.with_suffix(".tmp").rename(out)
+    return out
+
+
 def baseline_parse(path: str) -> dict:
     """The baseline: `json.loads` of every line into a list of dicts (run in its own process)."""
     cpu = cpu_seconds()
@@ -189,19 +201,32 @@ def measure(fmt: str, path: Path, out: Path, tweets: int, isolated: bool) -> dic
             "peak_rss_mb": round(result["peak_rss_mb"]), "images": result["images"]}
 
 
+def memory_by_size(work: Path, archive: Path, smaller: tuple[int, ...], peaks: dict[int, float],
+                   isolated: bool) -> dict:
+    """Peak memory of the twarc2 ingest at smaller sizes, beside `peaks` (the main run's, measured already)."""
+    peaks = dict(peaks)
+    for n in smaller:
+        part = first_pages(archive, archive.parent / f"twarc2-first-{n}-v{GENERATOR_VERSION}.jsonl", n)
+        peaks[n] = measure("twarc2", part, work / "out" / f"twarc2-{n}.parquet", n, isolated)["peak_rss_mb"]
+    return {"twarc2_peak_rss_mb": {str(n): peaks[n] for n in sorted(peaks)},
+            "memory_growth": round(peaks[max(peaks)] / peaks[min(peaks)], 3)}
+
+
 def run(config: BenchConfig) -> dict:
     tweets = config.pick(2_000, 100_000, 1_000_000)
+    # Smaller archives whose peak memory is compared with the main run's; the smallest is large
+    # enough to fill every buffer of the ingest (blocks of lines, spill batches, row groups).
+    smaller = config.pick((500,), (50_000,), (100_000, 300_000))
     work = Path(config.workdir)
     start = time.perf_counter()
     paths = generate(work / f"archive-{tweets}", tweets)
-    small = generate(work / f"archive-{tweets // 4}", tweets // 4)
     generated_s = time.perf_counter() - start
     isolated = not config.quick
     base = call("baseline_parse", isolated, path=str(paths["twarc2"]))
     baseline = tweets / base["cpu_seconds"]
     formats = {fmt: measure(fmt, paths[fmt].parent.parent if fmt == "account" else paths[fmt],
                             work / "out" / f"{fmt}.parquet", tweets, isolated) for fmt in FORMATS}
-    quarter = measure("twarc2", small["twarc2"], work / "out" / "twarc2-quarter.parquet", tweets // 4, isolated)
+    memory = memory_by_size(work, paths["twarc2"], smaller, {tweets: formats["twarc2"]["peak_rss_mb"]}, isolated)
     value = formats["twarc2"]["tweets_per_s_per_core"]
     return {
         "stage": "ingest-parse", "unit": "tweets/s/core (twarc2 JSONL → Parquet)", "value": value,
@@ -209,7 +234,7 @@ def run(config: BenchConfig) -> dict:
         "ratio": round(value / baseline, 3), "tweets": tweets,
         "baseline_peak_rss_mb": round(base["peak_rss_mb"]),
         "formats": {fmt: {**r, "ratio": round(r["tweets_per_s_per_core"] / baseline, 3)} for fmt, r in formats.items()},
-        "memory_flat": {"twarc2_peak_rss_mb": {f"{tweets // 4}": quarter["peak_rss_mb"],
-                                                f"{tweets}": formats["twarc2"]["peak_rss_mb"]}},
+        "memory_growth": memory["memory_growth"],
+        "memory_flat": {"twarc2_peak_rss_mb": memory["twarc2_peak_rss_mb"]},
         "generate_seconds": round(generated_s, 1),
     }
