@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
+import certifi
 import urllib3
 from urllib3.exceptions import HTTPError, LocationValueError, ProtocolError
 
@@ -110,8 +111,11 @@ def _checked(data: bytes) -> Fetched:
 
 
 def http_client(threads: int) -> urllib3.PoolManager:
-    """One client per actor: keep-alive connections, up to `threads` per host, no hidden retries."""
-    return urllib3.PoolManager(num_pools=16, maxsize=threads, block=False, retries=False)
+    """One client per actor: keep-alive connections, up to `threads` per host, no hidden retries.
+    TLS is checked against certifi's CA bundle, as requests does: slim images may have no system
+    certificates."""
+    return urllib3.PoolManager(num_pools=16, maxsize=threads, block=False, retries=False,
+                               ca_certs=certifi.where())
 
 
 def retry_delay(header: str | None, attempt: int, config: FetchConfig) -> float | None:
