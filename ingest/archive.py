@@ -103,12 +103,16 @@ def read_inputs(files, config: ArchiveConfig, spill: Spill) -> tuple[list[dict],
     for path, fmt in files:
         counts = {"path": str(path), "format": fmt, "rows": 0, "malformed": 0}
         rows: list[dict] = []
+
+        def keep(table: pa.Table) -> None:
+            spill.add(numbered(table, spill.rows))
+            counts["rows"] += table.num_rows
+            bar.update(table.num_rows)
+
         for item in READERS[fmt](path, collected_at, frozenset(config.media), columns=config.columns,
                                  originals=config.originals):
             if isinstance(item, pa.Table):
-                spill.add(numbered(item, spill.rows))
-                counts["rows"] += item.num_rows
-                bar.update(item.num_rows)
+                keep(item)
             elif isinstance(item, Malformed):
                 counts["malformed"] += 1
                 malformed += 1
@@ -119,14 +123,10 @@ def read_inputs(files, config: ArchiveConfig, spill: Spill) -> tuple[list[dict],
             else:
                 rows.append(item)
                 if len(rows) >= BATCH_ROWS:
-                    spill.add(numbered(pa.Table.from_pylist(rows), spill.rows))
-                    counts["rows"] += len(rows)
-                    bar.update(len(rows))
+                    keep(pa.Table.from_pylist(rows))
                     rows = []
         if rows:
-            spill.add(numbered(pa.Table.from_pylist(rows), spill.rows))
-            counts["rows"] += len(rows)
-            bar.update(len(rows))
+            keep(pa.Table.from_pylist(rows))
         per_file.append(counts)
     bar.close()
     if malformed > MAX_LOGGED:
