@@ -90,6 +90,20 @@ def run_iipa(*args: str, timeout: float = 600, cwd=None, env=None) -> subprocess
                           timeout=timeout, cwd=cwd or REPO, env={**os.environ, **(env or {})})
 
 
+def rank_pid(rank: int, out: Path) -> int | None:
+    """The PID of the training process with RANK=rank writing to `out`."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = str(out).encode() in cmdline and b"-m" in cmdline and f"RANK={rank}".encode() in environ
+        if ours and b"torch.distributed.run" not in cmdline:
+            return int(proc.name)
+    return None
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for a whole session (starting Ray costs seconds)."""

@@ -14,8 +14,7 @@ import pytest
 
 from shards.locate import ShardIndex
 from shards.schema import read_table
-from tests.conftest import REPO, run_iipa
-from tests.test_train import rank_pid
+from tests.conftest import REPO, rank_pid, run_iipa
 from train.data import load_pairs
 
 TRAIN = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--batch-pairs", "16", "--max-steps", "3",

@@ -18,7 +18,7 @@ import torchvision
 
 from shards.console import UserError
 from shards.locate import ShardIndex
-from tests.conftest import REPO
+from tests.conftest import REPO, rank_pid
 from train.checkpoint import initialise
 from train.config import TrainConfig
 from train.data import load_pairs
@@ -89,20 +89,6 @@ def test_ranks_stay_in_sync_and_see_every_pair_once_per_epoch(dataset, clean_run
         assert sorted(seen) == list(range(n_pairs)) and set(seen.values()) == {1}
     steps = {name: len(r["steps"]) for name, r in ranks.items()}
     assert len(set(steps.values())) == 1
-
-
-def rank_pid(rank: int, out: Path) -> int | None:
-    """The PID of the training process with RANK=rank writing to `out`."""
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ours = str(out).encode() in cmdline and b"-m" in cmdline and f"RANK={rank}".encode() in environ
-        if ours and b"torch.distributed.run" not in cmdline:
-            return int(proc.name)
-    return None
 
 
 def test_killed_rank_restarts_in_place_and_ends_at_the_same_step_and_data_position(dataset, clean_run, tmp_path):
