@@ -60,9 +60,9 @@ def validate(config: LaunchConfig) -> None:
 
 
 def launch_env(config: LaunchConfig) -> dict[str, str]:
-    """Environment of every node's torchrun (an OMP_NUM_THREADS already set is kept)."""
+    """Environment every node's torchrun gets, under what that node's environment already sets."""
     return {
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(config.omp_threads)),
+        "OMP_NUM_THREADS": str(config.omp_threads),
         # torchrun keeps one rendezvous store across restarts and torch writes the ranks' addresses
         # into it without the attempt, so a restarted rank could connect to a killed peer's old
         # address (pytorch/pytorch#135712). A fresh store each round; train/loop.py covers the
@@ -106,7 +106,7 @@ def run_torchrun(config: LaunchConfig, dry_run: bool) -> int:
     print(shlex.join(cmd))
     if dry_run:
         return 0
-    return subprocess.call(cmd, env={**os.environ, **launch_env(config)})
+    return subprocess.call(cmd, env={**launch_env(config), **os.environ})
 
 
 def run_slurm(config: LaunchConfig, dry_run: bool) -> int:

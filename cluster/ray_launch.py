@@ -23,7 +23,8 @@ class NodeLauncher:
         return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
 
     def run(self, cmd: list[str], cwd: str, env: dict[str, str]) -> int:
-        # This node's Python, which may live elsewhere than the driver's.
+        # This node's Python, which may live elsewhere than the driver's. `env` wins over the
+        # actor's environment, where Ray sets OMP_NUM_THREADS to the actor's one CPU.
         return subprocess.call([sys.executable, *cmd[1:]], cwd=cwd if os.path.isdir(cwd) else None,
                                env={**os.environ, **env})
 
