@@ -24,6 +24,7 @@ RETRY_ERRORS = {"timeout", "truncated", "connection_error"}
 # Magic numbers of the image formats Pillow decodes for us; the content type is not trusted.
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
 MAX_REDIRECTS = 5
+READ_CHUNK = 1024 * 1024
 
 
 @dataclass
@@ -137,19 +138,22 @@ def _read_body(response: urllib3.BaseHTTPResponse, config: FetchConfig, started:
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > config.max_bytes:
         return Fetched(status="too_large", error=f"Content-Length {length} > {config.max_bytes} bytes")
-    body = bytearray()
+    chunks, size = [], 0
     try:
-        for chunk in response.stream(256 * 1024):
-            body += chunk
-            if len(body) > config.max_bytes:
+        # Reads of up to READ_CHUNK: a photo usually arrives in one read and one allocation, while
+        # the byte cap and the total time are still checked between the reads of a larger body.
+        while chunk := response.read(READ_CHUNK):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > config.max_bytes:
                 return Fetched(status="too_large", error=f"body over {config.max_bytes} bytes")
             if time.monotonic() - started > config.total_timeout:
                 return Fetched(status="timeout", error=f"body not complete after {config.total_timeout:g}s")
     except ProtocolError as exc:  # the connection broke inside the body
-        return Fetched(status="truncated", error=f"{len(body)} bytes, then {exc}"[:200])
-    if length.isdigit() and len(body) < int(length):  # a server that closes early without an error
-        return Fetched(status="truncated", error=f"{len(body)} of {length} bytes")
-    return _checked(bytes(body))
+        return Fetched(status="truncated", error=f"{size} bytes, then {exc}"[:200])
+    if length.isdigit() and size < int(length):  # a server that closes early without an error
+        return Fetched(status="truncated", error=f"{size} of {length} bytes")
+    return _checked(b"".join(chunks))
 
 
 def _http_once(client: urllib3.PoolManager, url: str, config: FetchConfig) -> Fetched:

@@ -2,8 +2,9 @@
 
 Inputs: real-photo JPEGs of 900 to 2 048 pixels a side, made once from scikit-image's colour
 photographs (random crops, rescales and flips, with a light sensor-like grain so that the files
-weigh what camera JPEGs of that size weigh) and served by a threaded HTTP server on 127.0.0.1
-in a subprocess (so it does not share our GIL). Measured in the same run:
+weigh what camera JPEGs of that size weigh) and served from 127.0.0.1 by a lean keep-alive
+server in a subprocess (static_server.py: it costs the two cores as little as it can, as a CDN
+costs a downloader nothing). Measured in the same run:
 
 - `shards build` on a local Ray instance: download over loopback, decode, resize, write shards;
 - the baseline: one process, `requests.get`, Pillow open → convert("RGB") → resize → save;
@@ -84,11 +85,10 @@ def _free_port() -> int:
 
 
 def serve(folder: Path) -> tuple[subprocess.Popen, str]:
-    """A threaded static HTTP server on 127.0.0.1 in its own process; returns it and its base URL."""
+    """The lean static server (static_server.py) on 127.0.0.1 in its own process, so that it does
+    not share our GIL; returns it and its base URL."""
     port = _free_port()
-    # HTTP/1.1 keeps connections alive between images, as X's media CDN does.
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                             "--protocol", "HTTP/1.1", "--directory", str(folder)],
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("static_server.py")), str(folder), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
