@@ -79,7 +79,8 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def write_summary(results: list[dict], path: Path) -> None:
-    """BENCH.json and BENCH.png: per stage the throughput, its baseline and their ratio."""
+    """BENCH.json and BENCH.png: per stage the throughput, its baseline and their ratio; and
+    BENCH-STAGE.png for each stage whose module draws a figure of its own (`plot(result, path)`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     import matplotlib
@@ -100,6 +101,10 @@ def write_summary(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=100)
     plt.close(fig)
+    for result in results:
+        module = importlib.import_module(f"cluster.benches.{BENCHES[result['stage']]}")
+        if hasattr(module, "plot"):
+            module.plot(result, path.with_name(f"{path.stem}-{result['stage']}.png"))
 
 
 def main(argv=None, prog: str = "iipa bench") -> int:

@@ -1,9 +1,13 @@
 """The ingest benchmark's code runs end to end on tiny inputs (a smoke run, not a measurement)."""
+import http.client
+import subprocess
+import sys
+
 import pytest
 from PIL import Image
 
-from cluster.bench import BenchConfig
-from cluster.benches.ingest import make_photos, run
+from cluster.bench import BenchConfig, write_summary
+from cluster.benches.ingest import find_img2dataset, make_photos, run, serve
 
 
 def test_generated_photos_have_the_asked_sides(tmp_path):
@@ -27,3 +31,38 @@ def test_ingest_bench_quick_reports_a_ratio(ray_local, tmp_path):
     assert 0 < result["share_of_decoder_speed"]
     assert result["share_of_decoder_bound"] == pytest.approx(result["value"] / result["decoder_bound_img_s"], rel=0.03)
     assert len(list((tmp_path / "shards").glob("*.tar"))) == 1
+    # The CPU bound is the steps' sum on every core, and the decoder alone is above it.
+    steps = sum(result[k] for k in ("fetch_ms", "server_ms", "decode_ms", "resample_ms", "encode_ms"))
+    assert result["cpu_bound_img_s"] == pytest.approx(result["cores"] * 1e3 / steps, rel=0.03)
+    # (The server's CPU is read in clock ticks, 10 ms: at this size it may round to 0.)
+    assert result["cpu_bound_img_s"] < result["decoder_bound_img_s"] and result["server_ms"] >= 0
+    # img2dataset (installed by `make test`) ran on the same URLs; its start-up is left out of its rate.
+    assert find_img2dataset(), "make img2dataset"
+    assert result["img2dataset_source"].startswith("measured")
+    assert 0 < result["img2dataset_wall_img_s"] < result["img2dataset_img_s"] and result["img2dataset_startup_s"] > 0
+    assert result["target_img_s"] == pytest.approx(3 * result["img2dataset_img_s"], rel=0.01)
+    assert len(list((tmp_path / "img2dataset" / "shards").glob("*.tar"))) == 1
+    write_summary([result], tmp_path / "bench.json")
+    assert Image.open(tmp_path / "bench-ingest.png").size[0] > 0
+
+
+def test_static_server_keeps_alive_and_serves_only_its_folder(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 1000)
+    (tmp_path / "secret.txt").write_text("not served")
+    (tmp_path / "photos" / "photos.json").write_text("{}")  # serve() waits for this file
+    server, base = serve(tmp_path / "photos")
+    try:
+        conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=5)
+        for _ in range(2):  # one connection, two requests
+            conn.request("GET", "/a.jpg")
+            response = conn.getresponse()
+            assert (response.status, response.getheader("Content-Type")) == (200, "image/jpeg")
+            assert response.read() == (tmp_path / "photos" / "a.jpg").read_bytes()
+        for target in ("/missing.jpg", "/../secret.txt", "/%2e%2e/secret.txt"):
+            conn.request("GET", target)
+            response = conn.getresponse()
+            assert response.status == 404 and response.read() == b"not found\n"
+    finally:
+        server.kill()
+        server.wait()

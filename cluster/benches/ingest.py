@@ -8,17 +8,20 @@ costs a downloader nothing). Measured in the same run:
 
 - `shards build` on a local Ray instance: download over loopback, decode, resize, write shards;
 - the baseline: one process, `requests.get`, Pillow open → convert("RGB") → resize → save;
-- the decode path alone: our `resize_image` against the JPEG decoder's own speed on the same
-  files (`draft` + `load`), single-threaded, to show how close to the decoder we stay.
-
-img2dataset, the standard tool, reaches about 75 images/s on a 2-core machine with
-`--image_size 256 --resize_mode keep_ratio` (the issue's figure; not re-measured here).
+- img2dataset, the standard tool, on the same URLs and server, when it is installed (`make
+  img2dataset` puts it in a venv of its own). The issue quotes about 75 images/s for it on a
+  2-core machine with `--image_size 256 --resize_mode keep_ratio`; without it that figure stands in;
+- the CPU budget: milliseconds of CPU per image of each unavoidable step (download, server,
+  DCT-scaled decode, resample, encode), one image after the other. `decoder_bound_img_s` is the
+  decoder alone on every core, `cpu_bound_img_s` the sum of the steps on every core: what this
+  machine could build if the pipeline itself (threads, tar, Parquet, Ray) cost nothing.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +37,7 @@ IMG2DATASET_IMG_S = 75.0
 TARGET_FACTOR = 3.0
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "motorcycle_left", "immunohistochemistry")
 GENERATOR_VERSION = 1
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _photo(name: str) -> np.ndarray:
@@ -127,26 +131,95 @@ def naive(urls: list[str], out: Path, size: int) -> float:
     return time.perf_counter() - start
 
 
-def decode_path(paths: list[Path], size: int) -> dict:
-    """Single-threaded images/s of the JPEG decoder alone (DCT-scaled) and of our resize_image."""
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) another process has used so far; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_budget(urls: list[str], paths: list[Path], size: int, server_pid: int) -> dict:
+    """Milliseconds of CPU per image of each unavoidable step, one image after the other: the
+    download (ours and the server's), the DCT-scaled decode, the resampling and the encode.
+    Their sum on every core is what this machine could build if nothing else cost anything."""
     from PIL import Image
 
-    from shards.resize import ResizeConfig, resize_image, target_size
+    from shards.fetch import FetchConfig, fetch, http_client
+    from shards.resize import RESAMPLE, ResizeConfig, resize_image, target_size
 
+    client, fetch_config, clock = http_client(1), FetchConfig(allow_hosts=("127.0.0.1",)), time.process_time
+    server_start, start = process_cpu_seconds(server_pid), clock()
+    for url in urls:
+        fetch(url, client, fetch_config)
+    fetch_ms = (clock() - start) / len(urls) * 1e3
+    server_end = process_cpu_seconds(server_pid)
+    server_ms = None if server_start is None else (server_end - server_start) / len(urls) * 1e3
+    config, steps = ResizeConfig(size=size), {"decode_ms": 0.0, "resample_ms": 0.0, "encode_ms": 0.0}
     blobs = [p.read_bytes() for p in paths]
-    start = time.perf_counter()
     for blob in blobs:
+        start = clock()
         img = Image.open(io.BytesIO(blob))
-        img.draft("RGB", target_size(*img.size, size))
+        target = target_size(*img.size, size)
+        img.draft("RGB", target)
         img.load()
-    decoder = len(blobs) / (time.perf_counter() - start)
-    config = ResizeConfig(size=size)
-    start = time.perf_counter()
+        decoded = clock()
+        img = img.resize(target, RESAMPLE[config.resample])
+        resampled = clock()
+        img.save(io.BytesIO(), format="JPEG", quality=config.quality)
+        steps["decode_ms"] += decoded - start
+        steps["resample_ms"] += resampled - decoded
+        steps["encode_ms"] += clock() - resampled
+    steps = {k: v / len(blobs) * 1e3 for k, v in steps.items()}
+    start = clock()
     for blob in blobs:
         assert resize_image(blob, config).data is not None
-    ours = len(blobs) / (time.perf_counter() - start)
-    return {"decoder_img_s": round(decoder, 1), "resize_image_img_s": round(ours, 1),
-            "share_of_decoder_speed": round(ours / decoder, 3)}
+    resize_image_ms = (clock() - start) / len(blobs) * 1e3
+    total = fetch_ms + (server_ms or 0.0) + sum(steps.values())
+    cores = os.cpu_count() or 1
+    return {"fetch_ms": fetch_ms, "server_ms": server_ms, **steps, "resize_image_ms": resize_image_ms,
+            "decoder_img_s": 1e3 / steps["decode_ms"], "resize_image_img_s": 1e3 / resize_image_ms,
+            "share_of_decoder_speed": steps["decode_ms"] / resize_image_ms,
+            "cores": cores, "decoder_bound_img_s": cores * 1e3 / steps["decode_ms"],
+            "cpu_bound_img_s": cores * 1e3 / total}
+
+
+def img2dataset_rate(exe: str, urls: list[str], work: Path, size: int) -> dict:
+    """img2dataset on the same URLs and server, with the issue's settings (`--image_size 256
+    --resize_mode keep_ratio`) and both cores busy (2 processes, shards as small as ours). Its
+    rate is taken over its working span (first shard started to last shard ended, from its own
+    stats files), so its 8 s of start-up do not count against it."""
+    out = work / "img2dataset"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / "urls.txt").write_text("".join(u + "\n" for u in urls))
+    command = [exe, "--url_list", "urls.txt", "--output_folder", "shards", "--image_size", str(size),
+               "--resize_mode", "keep_ratio", "--output_format", "webdataset", "--processes_count", "2",
+               "--thread_count", "16", "--number_sample_per_shard", "250", "--enable_wandb", "False"]
+    start = time.perf_counter()
+    # In a folder of its own: a `ray` folder in the working directory would shadow its import of Ray.
+    done = subprocess.run(command, cwd=out, capture_output=True, text=True,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"})
+    wall = time.perf_counter() - start
+    stats = [json.loads(p.read_text()) for p in (out / "shards").glob("*_stats.json")]
+    ok = sum(s["successes"] for s in stats)
+    if done.returncode != 0 or ok != len(urls):
+        raise RuntimeError(f"img2dataset stored {ok} of {len(urls)} images: {done.stderr[-1000:]}")
+    span = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats)
+    return {"img2dataset_img_s": len(urls) / span, "img2dataset_wall_img_s": len(urls) / wall,
+            "img2dataset_startup_s": wall - span, "img2dataset_source": f"measured in this run ({exe})"}
+
+
+def find_img2dataset() -> str | None:
+    """img2dataset from $IMG2DATASET, the repository's .venv-img2dataset (`make img2dataset`),
+    or PATH. It lives in a venv of its own: its pins (webdataset < 0.3, albumentations, wandb)
+    are not ours."""
+    for candidate in (os.environ.get("IMG2DATASET"), str(REPO / ".venv-img2dataset" / "bin" / "img2dataset"),
+                      shutil.which("img2dataset")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def run(config) -> dict:
@@ -166,8 +239,6 @@ def run(config) -> dict:
         table = images_table(urls, work / "images.parquet")
         out = work / "shards"
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         ray_start = time.perf_counter()
         start_ray(None)
@@ -180,24 +251,56 @@ def run(config) -> dict:
         if manifest["ok"] != n:
             raise RuntimeError(f"only {manifest['ok']} of {n} images were stored: {manifest['status']}")
         naive_seconds = naive(urls[:n_naive], work / "naive", size)
+        exe = find_img2dataset()
+        rival = img2dataset_rate(exe, urls, work, size) if exe else {
+            "img2dataset_img_s": IMG2DATASET_IMG_S, "img2dataset_source": "the issue's figure (not installed: make img2dataset)"}
+        budget = cpu_budget(urls[:config.pick(16, 300, 500)], paths[:config.pick(16, 100, 100)], size, server.pid)
     finally:
         server.kill()
         server.wait()
     value, baseline = n / seconds, n_naive / naive_seconds
+    budget = {k: round(v, 3 if k.endswith("_ms") else 1) if isinstance(v, float) else v for k, v in budget.items()}
     return {"stage": "ingest", "unit": "images/s", "value": round(value, 1),
             "baseline": "naive Pillow open-convert-resize-save, one process", "baseline_value": round(baseline, 1),
             "ratio": round(value / baseline, 2), "images": n, "naive_images": n_naive,
             "source_pixels": f"{lo}-{hi} a side", "mean_source_kb": round(sum(p.stat().st_size for p in paths) / n / 1024, 1),
             "seconds": round(seconds, 2), "ray_start_s": round(ray_seconds, 2), "workers": 2, "threads": 8,
-            "shard_bytes": manifest["bytes"], "img2dataset_img_s": IMG2DATASET_IMG_S,
-            "target_img_s": IMG2DATASET_IMG_S * TARGET_FACTOR, "vs_img2dataset": round(value / IMG2DATASET_IMG_S, 2),
-            **decode_bound(decode_path(paths[: 16 if config.quick else 100], size), value)}
+            "shard_bytes": manifest["bytes"], **{k: round(v, 2) if isinstance(v, float) else v for k, v in rival.items()},
+            "target_img_s": round(rival["img2dataset_img_s"] * TARGET_FACTOR, 1),
+            "vs_img2dataset": round(value / rival["img2dataset_img_s"], 2), **budget,
+            "share_of_decoder_bound": round(value / budget["decoder_bound_img_s"], 3),
+            "share_of_cpu_bound": round(value / budget["cpu_bound_img_s"], 3)}
 
 
-def decode_bound(decode: dict, value: float) -> dict:
-    """The decoder's own speed on every core is the ceiling of the whole pipeline here; say how
-    close the end-to-end figure comes to it."""
-    cores = os.cpu_count() or 1
-    bound = decode["decoder_img_s"] * cores
-    return {**decode, "cores": cores, "decoder_bound_img_s": round(bound, 1),
-            "share_of_decoder_bound": round(value / bound, 3)}
+def plot(result: dict, path: Path) -> None:
+    """Where the build stands: its rate beside the baseline, img2dataset, the target and the two
+    bounds (left), and the CPU budget of one image against the core time the build spent (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rates, budget) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
+    bars = {"naive Pillow loop": result["baseline_value"], "img2dataset": result["img2dataset_img_s"],
+            "iipa shards build": result["value"], "CPU bound (steps alone)": result["cpu_bound_img_s"],
+            "decoder bound": result["decoder_bound_img_s"]}
+    rates.barh(list(bars), list(bars.values()), color=["grey", "grey", "tab:blue", "tab:green", "tab:green"])
+    for y, v in enumerate(bars.values()):
+        rates.text(v, y, f" {v:.0f}", va="center", fontsize=8)
+    rates.axvline(result["target_img_s"], color="tab:red", linestyle="--",
+                  label=f"target {result['target_img_s']:.0f} (3× img2dataset)")
+    rates.set_xlabel(f"images/s on {result['cores']} cores ({result['images']} photos, {result['source_pixels']})")
+    rates.invert_yaxis()
+    rates.legend(loc="lower right", fontsize=8)
+    left = 0.0
+    for step in ("fetch_ms", "server_ms", "decode_ms", "resample_ms", "encode_ms"):
+        width = result[step] or 0.0
+        budget.barh("steps, one image\nafter the other", width, left=left, label=step[:-3])
+        left += width
+    budget.barh("shards build\n(cores × 1000 / rate)", result["cores"] * 1e3 / result["value"], color="lightgrey",
+                edgecolor="black")
+    budget.set_xlabel("CPU milliseconds per image")
+    budget.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
