@@ -49,8 +49,9 @@ class ShardWriter:
         """Add one member; return the offset of its data inside the tar."""
         info = tarfile.TarInfo(member)
         info.size, info.mode, info.mtime = len(data), 0o444, 0
-        header = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
-        offset = self.tar.offset + len(header)
+        # A USTAR header is one block (a name that does not fit raises instead), so the data
+        # starts one block after the member: no need to build the header twice.
+        offset = self.tar.offset + tarfile.BLOCKSIZE
         self.tar.addfile(info, io.BytesIO(data))
         return offset
 

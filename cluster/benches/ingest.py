@@ -177,7 +177,7 @@ def cpu_budget(urls: list[str], paths: list[Path], size: int, server_pid: int) -
         assert resize_image(blob, config).data is not None
     resize_image_ms = (clock() - start) / len(blobs) * 1e3
     total = fetch_ms + (server_ms or 0.0) + sum(steps.values())
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))  # the cores we may run on (taskset, a container's cpuset)
     return {"fetch_ms": fetch_ms, "server_ms": server_ms, **steps, "resize_image_ms": resize_image_ms,
             "decoder_img_s": 1e3 / steps["decode_ms"], "resize_image_img_s": 1e3 / resize_image_ms,
             "share_of_decoder_speed": steps["decode_ms"] / resize_image_ms,
