@@ -3,6 +3,7 @@
 Every benchmark is a module of `cluster.benches` with `run(config: BenchConfig) -> dict` that
 returns at least {"stage", "unit", "value", "baseline", "baseline_value", "ratio"}: the ratio is
 what to compare across machines, since both numbers share the machine's load at that moment.
+A module may also define `plot(result, path)` to draw a figure of its own beside the summary.
 `iipa bench` with no stage runs them all and writes one JSON and one PNG summary.
 """
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """The ingest benchmark's code runs end to end on tiny inputs (a smoke run, not a measurement)."""
 import http.client
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
@@ -54,11 +52,14 @@ def test_static_server_keeps_alive_and_serves_only_its_folder(tmp_path):
     server, base = serve(tmp_path / "photos")
     try:
         conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=5)
-        for _ in range(2):  # one connection, two requests
+        sockets = []
+        for _ in range(2):
             conn.request("GET", "/a.jpg")
             response = conn.getresponse()
             assert (response.status, response.getheader("Content-Type")) == (200, "image/jpeg")
             assert response.read() == (tmp_path / "photos" / "a.jpg").read_bytes()
+            sockets.append(conn.sock)
+        assert sockets[0] is sockets[1] is not None  # both requests went over one kept-alive connection
         for target in ("/missing.jpg", "/../secret.txt", "/%2e%2e/secret.txt"):
             conn.request("GET", target)
             response = conn.getresponse()
