@@ -140,9 +140,10 @@ def _read_body(response: urllib3.BaseHTTPResponse, config: FetchConfig, started:
         return Fetched(status="too_large", error=f"Content-Length {length} > {config.max_bytes} bytes")
     chunks, size = [], 0
     try:
-        # Reads of up to READ_CHUNK: a photo usually arrives in one read and one allocation, while
-        # the byte cap and the total time are still checked between the reads of a larger body.
-        while chunk := response.read(READ_CHUNK):
+        # read1 returns what one receive brings (up to READ_CHUNK): a photo on a fast link comes
+        # in a few pieces, and the byte cap and the total time are checked after each, so a
+        # server trickling bytes is cut off on time.
+        while chunk := response.read1(READ_CHUNK):
             chunks.append(chunk)
             size += len(chunk)
             if size > config.max_bytes:

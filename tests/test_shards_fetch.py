@@ -57,3 +57,28 @@ def test_one_client_keeps_its_connection_alive_between_images(photos):
         server.server_close()
     assert got == [photos["coffee"], photos["astronaut"]] * 2
     assert len(connections) == 1
+
+
+def test_a_body_trickled_slower_than_total_timeout_is_cut_off(http_server, photos):
+    """Bytes that keep coming, each well within the read timeout, still may not hold a thread."""
+    base, routes, _ = http_server
+    body = photos["coffee"]
+
+    def trickle(handler, n):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        try:
+            for start in range(0, len(body), 512):
+                handler.wfile.write(body[start:start + 512])
+                handler.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the client gave up, as it should
+            pass
+
+    routes["/slow.jpg"] = trickle
+    config = FetchConfig(allow_hosts=("127.0.0.1",), timeout=5, total_timeout=0.5, retries=0)
+    start = time.monotonic()
+    result = fetch(f"{base}/slow.jpg", http_client(1), config)
+    assert result.status == "timeout" and "not complete after 0.5s" in result.error
+    assert time.monotonic() - start < 2  # the whole body would take several seconds
