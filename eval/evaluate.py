@@ -120,19 +120,13 @@ class StatsPool:
         return list(self.pool.map(self._one, encoded))
 
 
-def shard_reader(index: ShardIndex, shard: str, keys: np.ndarray):
-    """key → bytes for the keys of one shard: the whole tar read once, sequentially, when they
+def shard_reader(index: ShardIndex, shard: str, rows: np.ndarray):
+    """row → bytes for the rows of one shard: the whole tar read once, sequentially, when they
     make up a good part of it; seeks by offset when a test split needs only a few of its images."""
-    needed = sum(index.locate(k).size for k in keys)
-    if needed < 0.25 * (index.dir / shard).stat().st_size:
-        return index.read
+    if index.sizes[rows].sum() < 0.25 * (index.dir / shard).stat().st_size:
+        return index.read_row
     data = index.read_shard(shard)
-
-    def read(key: str) -> bytes:
-        loc = index.locate(key)
-        return data[loc.offset:loc.offset + loc.size]
-
-    return read
+    return lambda row: index.slice(data, row)
 
 
 def measure_images(keys: np.ndarray, index: ShardIndex, scorers: dict[str, Scorer], config: EvalConfig) -> dict:
@@ -140,20 +134,19 @@ def measure_images(keys: np.ndarray, index: ShardIndex, scorers: dict[str, Score
     score, the visual statistics and the face count; arrays aligned with `keys`."""
     out = {name: np.full(len(keys), np.nan) for name in (*scorers, *STATS)}
     out["faces"] = np.full(len(keys), -1, dtype=np.int64)
-    shard_of = index.shard_of(keys)
+    rows = index.rows(keys)  # every key is present: the pairs were filtered by both_present
+    shard_of = index.shard[rows]
     stats_pool = StatsPool(config.threads, config.faces)
-    position = {k: i for i, k in enumerate(keys)}
     with progress(total=len(keys), desc="images", unit="img") as bar:
-        for shard in dict.fromkeys(np.sort(shard_of)):
-            chunk_keys = keys[shard_of == shard]
-            read = shard_reader(index, shard, chunk_keys)
-            for start in range(0, len(chunk_keys), config.batch_size):
-                batch = chunk_keys[start:start + config.batch_size]
-                encoded = [read(k) for k in batch]
-                rows = [position[k] for k in batch]
+        for shard in np.unique(shard_of):
+            positions = np.flatnonzero(shard_of == shard)
+            read = shard_reader(index, index.shard_names[shard], rows[positions])
+            for start in range(0, len(positions), config.batch_size):
+                batch = positions[start:start + config.batch_size]
+                encoded = [read(r) for r in rows[batch]]
                 for name, scorer in scorers.items():
-                    out[name][rows] = scorer.score(encoded)
-                for row, st in zip(rows, stats_pool.map(encoded)):
+                    out[name][batch] = scorer.score(encoded)
+                for row, st in zip(batch, stats_pool.map(encoded)):
                     for name in STATS:
                         out[name][row] = getattr(st, name)
                     out["faces"][row] = st.faces

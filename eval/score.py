@@ -164,20 +164,17 @@ def score_shards(scorer: Scorer, shards: Path) -> dict[str, list]:
 
     index = ShardIndex(shards)
     rows: dict[str, list] = {"key": [], "shard": [], "score": [], "status": [], "error": []}
-    order = np.argsort(index.shards, kind="stable")
-    for shard in progress(list(dict.fromkeys(index.shards[order])), desc="shards", unit="shard"):
-        data = index.read_shard(shard)
-        keys = index.keys[index.shards == shard]
-        for start in range(0, len(keys), scorer.batch_size):
-            chunk = keys[start:start + scorer.batch_size]
-            encoded = []
-            for k in chunk:
-                loc = index.locate(k)
-                encoded.append(data[loc.offset:loc.offset + loc.size])
+    for shard in progress(np.unique(index.shard).tolist(), desc="shards", unit="shard"):
+        name = index.shard_names[shard]
+        data = index.read_shard(name)
+        members = np.flatnonzero(index.shard == shard)
+        for start in range(0, len(members), scorer.batch_size):
+            chunk = members[start:start + scorer.batch_size]
+            encoded = [index.slice(data, r) for r in chunk]
             scores, errors = scorer.score_safe(encoded)
-            for k, s, e in zip(chunk, scores, errors):
+            for k, s, e in zip(index.keys_of(chunk), scores, errors):
                 rows["key"].append(str(k))
-                rows["shard"].append(str(shard))
+                rows["shard"].append(str(name))
                 rows["score"].append(None if e else float(s))
                 rows["status"].append("decode_error" if e else "ok")
                 rows["error"].append(e)

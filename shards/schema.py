@@ -127,6 +127,13 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
+def check_version(metadata: dict | None, file) -> None:
+    """Refuse a file written under another schema version (files without a stamp are accepted)."""
+    version = (metadata or {}).get(VERSION_KEY)
+    if version is not None and int(version) != SCHEMA_VERSION:
+        raise SchemaError(f"{file}: schema version {int(version)}, this iipa reads version {SCHEMA_VERSION}")
+
+
 def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
     """Read a `kind` table from a Parquet file or folder, checking the schema version."""
     tables = []
@@ -135,12 +142,7 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
             table = pq.read_table(file)
         except (pa.ArrowInvalid, OSError) as exc:
             raise SchemaError(f"{file}: not a readable Parquet file ({exc})") from exc
-        meta = table.schema.metadata or {}
-        version = meta.get(VERSION_KEY)
-        if version is not None and int(version) != SCHEMA_VERSION:
-            raise SchemaError(
-                f"{file}: schema version {int(version)}, this iipa reads version {SCHEMA_VERSION}"
-            )
+        check_version(table.schema.metadata, file)
         tables.append(conform(table, SCHEMAS[kind], f"{file}"))
     return pa.concat_tables(tables)
 
@@ -153,3 +155,27 @@ def write_json(obj, path: str | os.PathLike) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def read_columns(path: str | os.PathLike, kind: str, columns: list[str], dictionary: tuple[str, ...] = ()) -> pa.Table:
+    """Read only `columns` of a `kind` table (a file or folder), checking the schema version.
+
+    What a large reader needs when it must not pay for the columns it ignores (captions and word
+    lists are most of an images table's bytes); the columns are validated as `read_table` would.
+    Columns in `dictionary` stay dictionary-encoded as Parquet stores them (a shard name repeated
+    per row costs nothing to read that way).
+    """
+    schema = pa.schema([SCHEMAS[kind].field(c) if c not in dictionary else
+                        SCHEMAS[kind].field(c).with_type(pa.dictionary(pa.int32(), SCHEMAS[kind].field(c).type))
+                        for c in columns])
+    tables = []
+    for file in parquet_files(path):
+        try:
+            parquet = pq.ParquetFile(file, read_dictionary=list(dictionary))
+            check_version(parquet.schema_arrow.metadata, file)
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SchemaError(f"{file}: not a readable Parquet file ({exc})") from exc
+        tables.append(conform(table, schema, f"{file}"))
+    return pa.concat_tables(tables)

@@ -22,6 +22,7 @@ from tests.conftest import REPO, rank_pid
 from train.checkpoint import initialise
 from train.config import TrainConfig
 from train.data import load_pairs
+from train.decode import BACKENDS
 from train.model import build_model
 
 TRAIN_ARGS = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--batch-pairs", "16", "--epochs", "2",
@@ -34,11 +35,11 @@ def dataset(train_dataset):
     return train_dataset
 
 
-def torchrun(dataset: Path, out: Path, *extra: str) -> subprocess.Popen:
+def torchrun(dataset: Path, out: Path, *extra: str, backend: str = "torch") -> subprocess.Popen:
     """Start a 2-rank job writing its output to OUT.log."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *extra,
            "-m", "train", "--shards", str(dataset / "shards"), "--pairs", str(dataset / "pairs"),
-           "--out", str(out), *TRAIN_ARGS]
+           "--out", str(out), *TRAIN_ARGS, "--backend", backend]
     return subprocess.Popen(cmd, cwd=REPO, stdout=open(f"{out}.log", "w"), stderr=subprocess.STDOUT)
 
 
@@ -79,7 +80,7 @@ def test_ranks_stay_in_sync_and_see_every_pair_once_per_epoch(dataset, clean_run
     assert set(ranks) == {"rank-0", "rank-1"}
     finals = [r["final"] for r in ranks.values()]
     assert finals[0]["params_sha1"] == finals[1]["params_sha1"] and finals[0]["step"] == finals[1]["step"]
-    n_pairs = len(load_pairs(dataset / "pairs" / "train.parquet", ShardIndex(dataset / "shards")))
+    n_pairs = len(load_pairs(dataset / "pairs" / "train.parquet", ShardIndex(dataset / "shards"), cache=False))
     shards = {s.name for s in (dataset / "shards").glob("*.tar")}
     assert n_pairs % 2 == 1 or len(shards) >= 3  # the layout really is uneven
     for epoch in (0, 1):
@@ -91,11 +92,10 @@ def test_ranks_stay_in_sync_and_see_every_pair_once_per_epoch(dataset, clean_run
     assert len(set(steps.values())) == 1
 
 
-def test_killed_rank_restarts_in_place_and_ends_at_the_same_step_and_data_position(dataset, clean_run, tmp_path):
-    """A rank is SIGKILLed mid-run under --max-restarts 1: the same torchrun job restarts its
-    workers, they resume from state.pt, and the job ends as the clean run did."""
-    out = tmp_path / "run"
-    proc = torchrun(dataset, out, "--max-restarts=1")
+def kill_and_resume(dataset: Path, out: Path, backend: str) -> tuple[dict, int]:
+    """Run a 2-rank job, SIGKILL rank 1 after the first checkpoint; torchrun restarts the workers
+    in place (--max-restarts 1) and they resume from state.pt. Returns its audit and resume step."""
+    proc = torchrun(dataset, out, "--max-restarts=1", backend=backend)
     deadline = time.time() + 300
     while not (out / "state.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -105,13 +105,36 @@ def test_killed_rank_restarts_in_place_and_ends_at_the_same_step_and_data_positi
     log = finish(proc, out)
     assert "exitcode: -9" in log
     resumed_at = [int(step) for step in re.findall(r"resuming from state.pt at step (\d+)", log)]
-    resumed, clean = audit(out), audit(clean_run)
-    assert len(resumed_at) == 1 and 0 < resumed_at[0] < clean["rank-0"]["final"]["step"], log[-4000:]
+    assert len(resumed_at) == 1, log[-4000:]
+    return audit(out), resumed_at[0]
+
+
+def assert_same_run(resumed: dict, clean: dict) -> None:
     for name in ("rank-0", "rank-1"):
         assert resumed[name]["steps"] == clean[name]["steps"]
         assert resumed[name]["final"]["step"] == clean[name]["final"]["step"]
-    # Same data, same order, optimizer state restored: the very same weights as the clean run.
+    # Same data, same order, same augmentation, optimizer state restored: the very same weights.
     assert resumed["rank-0"]["final"]["params_sha1"] == clean["rank-0"]["final"]["params_sha1"]
+
+
+def test_killed_rank_restarts_in_place_and_ends_at_the_same_step_and_data_position(dataset, clean_run, tmp_path):
+    """A rank is SIGKILLed mid-run: the job ends as the clean run did."""
+    resumed, at = kill_and_resume(dataset, tmp_path / "run", "torch")
+    clean = audit(clean_run)
+    assert 0 < at < clean["rank-0"]["final"]["step"]
+    assert_same_run(resumed, clean)
+
+
+@pytest.mark.skipif("dali" not in BACKENDS, reason="DALI is not installed")
+def test_dali_cpu_run_resumes_exactly(dataset, tmp_path):
+    """DALI's crops and flips follow each rank's step seed, so a resumed DALI run ends with the
+    same weights as an uninterrupted one (with DALI's own seeded operators it could not)."""
+    clean_out = tmp_path / "clean"
+    finish(torchrun(dataset, clean_out, backend="dali"), clean_out)
+    resumed, at = kill_and_resume(dataset, tmp_path / "run", "dali")
+    clean = audit(clean_out)
+    assert 0 < at < clean["rank-0"]["final"]["step"]
+    assert_same_run(resumed, clean)
 
 
 def test_a_restart_does_not_see_the_store_keys_of_the_attempt_before(monkeypatch):
@@ -164,9 +187,8 @@ def test_unreadable_image_is_skipped_and_a_missing_shard_is_a_clear_stop(dataset
     shards.mkdir()
     for f in (dataset / "shards").iterdir():
         os.symlink(f, shards / f.name)
-    index = ShardIndex(dataset / "shards")
-    pairs = load_pairs(dataset / "pairs" / "train.parquet", index)
-    victim = index.locate(pairs.hi[0])
+    pairs = load_pairs(dataset / "pairs" / "train.parquet", dataset / "shards")
+    victim = pairs.index.locate_row(pairs.hi[0])
     tar = shards / victim.shard
     data = bytearray(tar.read_bytes())
     data[victim.offset:victim.offset + victim.size] = b"\0" * victim.size  # a damaged image

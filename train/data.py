@@ -1,11 +1,11 @@
 """The pair data path: which rank reads which pairs, in what order, and how bytes become tensors.
 
 Stages, each a plain function or small object:
-  pairs table ──load_pairs──▶ PairSet (keys, shard per pair)
+  pairs table ──load_pairs──▶ PairSet (hi/lo rows of a compact index, shard per pair; cached)
   PairSet ──epoch_order──▶ permutation grouped by shard, shuffled inside a cross-shard window
   permutation ──rank_batches(World)──▶ this rank's batches: every rank the same number of steps,
                                         every pair exactly once per epoch
-  batches ──PairLoader──▶ PairBatch(images of the batch's unique keys, hi/lo rows, swaps)
+  batches ──PairLoader──▶ PairBatch(images of the batch's unique images, hi/lo rows, swaps)
 The splitting functions are pure functions of a World, so tests sweep many layouts without a
 process group. Backends share one signature and sit in BACKENDS; the loop never asks which.
 """
@@ -17,13 +17,13 @@ import queue
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from shards.console import UserError
-from shards.locate import ShardIndex
-from shards.schema import read_table
+from shards.locate import ShardIndex, resolve_pairs
 from train.config import DataConfig
 from train.decode import make_decoder
 
@@ -43,8 +43,9 @@ class World:
 class PairSet:
     """The pairs of one split whose images are both in the shards."""
 
-    hi: np.ndarray  # keys of the more popular images
-    lo: np.ndarray  # keys of the less popular images
+    index: ShardIndex  # the images these pairs use, and where their bytes sit
+    hi: np.ndarray  # rows of `index`: the more popular images
+    lo: np.ndarray  # rows of `index`: the less popular images
     shard: np.ndarray  # shard index (into `shard_names`) of each pair's hi image
     shard_names: np.ndarray
     missing: int  # pairs dropped because an image is not in the shards
@@ -53,20 +54,21 @@ class PairSet:
         return len(self.hi)
 
 
-def load_pairs(path, index: ShardIndex) -> PairSet:
-    """Read a pair manifest and keep the pairs whose two images were sharded successfully."""
-    table = read_table(path, "pairs")
-    hi = table.column("hi_key").to_numpy(zero_copy_only=False)
-    lo = table.column("lo_key").to_numpy(zero_copy_only=False)
-    present = index.both_present(hi, lo)
-    hi, lo = hi[present], lo[present]
-    needed = np.unique(np.concatenate([index.shard_of(hi), index.shard_of(lo)])) if len(hi) else []
-    absent = [name for name in needed if not (index.dir / name).is_file()]
+def load_pairs(path, shards: Path | ShardIndex, cache: bool = True) -> PairSet:
+    """Read a pair manifest and keep the pairs whose two images were sharded successfully.
+
+    `shards` is a shards folder or its index (share one between splits: it reads the slices
+    only when a split's cache beside the pairs is cold; see shards.locate.resolve_pairs)."""
+    index = shards if isinstance(shards, ShardIndex) else ShardIndex(shards)
+    resolved = resolve_pairs(path, index, cache)
+    index, hi, lo = resolved.index, resolved.hi, resolved.lo
+    needed = np.unique(index.shard)
+    absent = [name for name in index.shard_names[needed] if not (index.dir / name).is_file()]
     if absent:
         raise UserError(f"{len(absent)} shard(s) missing from {index.dir}, e.g. {absent[0]}: "
                         "rebuild them with `iipa shards build` (it resumes)")
-    names, shard = np.unique(index.shard_of(hi), return_inverse=True) if len(hi) else (np.array([]), np.zeros(0, int))
-    return PairSet(hi, lo, shard.astype(np.int64), names, int((~present).sum()))
+    used, shard = np.unique(index.shard[hi], return_inverse=True)
+    return PairSet(index, hi, lo, shard.astype(np.int64), index.shard_names[used], resolved.missing)
 
 
 def epoch_order(shard: np.ndarray, epoch: int, seed: int, window: int) -> np.ndarray:
@@ -112,33 +114,32 @@ class ShardCache:
 
     def __init__(self, index: ShardIndex, capacity: int):
         self.index, self.capacity = index, max(1, capacity)
-        self.shards: OrderedDict[str, bytes] = OrderedDict()
+        self.shards: OrderedDict[int, bytes] = OrderedDict()  # shard id → the tar's bytes
 
-    def load(self, shard: str) -> None:
+    def load(self, shard: int) -> None:
         if shard in self.shards:
             self.shards.move_to_end(shard)
             return
-        self.shards[shard] = self.index.read_shard(shard)
+        self.shards[shard] = self.index.read_shard(self.index.shard_names[shard])
         while len(self.shards) > self.capacity:
             self.shards.popitem(last=False)
 
-    def get(self, key: str) -> bytes:
-        loc = self.index.locate(key)
-        data = self.shards.get(loc.shard)
+    def get(self, row: int) -> bytes:
+        data = self.shards.get(int(self.index.shard[row]))
         if data is None:  # the image sits in a shard we are not streaming: read it by offset
-            return self.index.read(key)
-        return data[loc.offset:loc.offset + loc.size]
+            return self.index.read_row(row)
+        return self.index.slice(data, row)
 
 
 class PairLoader:
     """Iterates this rank's batches of one epoch from `start_step`, decoding ahead in a thread."""
 
-    def __init__(self, pairs: PairSet, index: ShardIndex, config: DataConfig, world: World, batch_pairs: int,
+    def __init__(self, pairs: PairSet, config: DataConfig, world: World, batch_pairs: int,
                  train: bool, device: torch.device, seed: int = 0):
-        self.pairs, self.index, self.config, self.world = pairs, index, config, world
+        self.pairs, self.index, self.config, self.world = pairs, pairs.index, config, world
         self.batch_pairs, self.train, self.seed = batch_pairs, train, seed
         self.decoder = make_decoder(config, train, device)
-        self.cache = ShardCache(index, config.shuffle_shards + 1)
+        self.cache = ShardCache(self.index, config.shuffle_shards + 1)
         self.bad_keys: set[str] = set()
 
     def batches(self, epoch: int) -> list[np.ndarray]:
@@ -148,38 +149,40 @@ class PairLoader:
             order = np.argsort(self.pairs.shard, kind="stable")
         return rank_batches(order, self.world, self.batch_pairs)
 
-    def decode(self, keys: np.ndarray, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-        """The decoded images of `keys` that could be decoded, and the mask of which those are.
+    def decode(self, rows: np.ndarray, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The decoded images of `rows` that could be decoded, and the mask of which those are.
 
         A batch holding an unreadable image fails as a whole; only then are its images decoded
         one at a time to find the culprit, which is reported, remembered and left out.
         """
-        encoded = [self.cache.get(k) for k in keys]
+        encoded = [self.cache.get(r) for r in rows]
         try:
-            return self.decoder(encoded, seed), np.ones(len(keys), dtype=bool)
+            return self.decoder(encoded, seed), np.ones(len(rows), dtype=bool)
         except Exception:  # Pillow raises OSError and friends, DALI RuntimeError: find the image
-            ok = np.ones(len(keys), dtype=bool)
+            ok = np.ones(len(rows), dtype=bool)
             for i, data in enumerate(encoded):
                 try:
                     self.decoder([data], seed)
                 except Exception as exc:
                     ok[i] = False
-                    log.warning("unreadable image %s skipped (%s)", keys[i], str(exc).splitlines()[0][:200])
-            self.bad_keys.update(keys[~ok].tolist())
+                    log.warning("unreadable image %s skipped (%s)", self.index.key(rows[i]),
+                                str(exc).splitlines()[0][:200])
+            self.bad_keys.update(self.index.key(r) for r in rows[~ok])
             if not ok.any():
-                raise RuntimeError(f"no image of this batch could be decoded (e.g. {keys[0]}): damaged shards? "
+                raise RuntimeError(f"no image of this batch could be decoded (e.g. {self.index.key(rows[0])}): "
+                                   "damaged shards? "
                                    "run `iipa shards verify`") from None
             return self.decoder([e for e, good in zip(encoded, ok) if good], seed), ok
 
     def make_batch(self, ids: np.ndarray, seed: int) -> PairBatch:
-        for shard in dict.fromkeys(self.pairs.shard_names[self.pairs.shard[ids]]):
+        for shard in dict.fromkeys(self.index.shard[self.pairs.hi[ids]].tolist()):
             self.cache.load(shard)
-        keys, inverse = np.unique(np.concatenate([self.pairs.hi[ids], self.pairs.lo[ids]]), return_inverse=True)
-        images, ok = self.decode(keys, seed)
+        rows, inverse = np.unique(np.concatenate([self.pairs.hi[ids], self.pairs.lo[ids]]), return_inverse=True)
+        images, ok = self.decode(rows, seed)
         hi, lo = inverse[:len(ids)], inverse[len(ids):]
         usable = ok[hi] & ok[lo]  # a pair with an unreadable image is dropped from this step
         if not usable.any():
-            raise RuntimeError(f"every pair of a batch has an unreadable image (e.g. {keys[~ok][0]})")
+            raise RuntimeError(f"every pair of a batch has an unreadable image (e.g. {self.index.key(rows[~ok][0])})")
         row = np.cumsum(ok) - 1  # row of each decoded key in `images`
         ids, hi, lo = ids[usable], row[hi[usable]], row[lo[usable]]
         rng = np.random.default_rng(seed)

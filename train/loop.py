@@ -25,7 +25,7 @@ from shards.schema import write_json
 from train.checkpoint import initialise, load_state, save_model, save_state
 from train.config import TrainConfig
 from train.data import PairLoader, World, load_pairs, steps_per_epoch
-from train.metrics import AuditLog, MetricsLog, write_curve
+from train.metrics import AuditLog, MetricsLog, process_age, write_curve
 from train.model import build_model, head_parameters, pair_loss, pair_scores
 
 log = logging.getLogger("iipa.train")
@@ -179,9 +179,9 @@ class Trainer:
         self.world, self.device = setup_distributed()
         self.out = Path(config.run.out)
         torch.manual_seed(config.run.seed)
-        index = ShardIndex(config.data.shards)
-        self.train_pairs = load_pairs(Path(config.data.pairs) / "train.parquet", index)
-        val_pairs = load_pairs(Path(config.data.pairs) / "val.parquet", index)
+        shards = ShardIndex(config.data.shards)  # read on first use: not at all when the pair caches are warm
+        self.train_pairs = self.load_split("train", shards)
+        val_pairs = self.load_split("val", shards)
         self.raw_model = build_model(config.model.arch)
         init = initialise(self.raw_model, config.model.init)
         self.raw_model.to(self.device)
@@ -200,9 +200,9 @@ class Trainer:
         if config.run.compile:
             self.model = torch.compile(self.model)
         self.steps = steps_per_epoch(len(self.train_pairs), self.world.world_size, config.run.batch_pairs)
-        self.loader = PairLoader(self.train_pairs, index, config.data, self.world, config.run.batch_pairs, True,
+        self.loader = PairLoader(self.train_pairs, config.data, self.world, config.run.batch_pairs, True,
                                  self.device, config.run.seed)
-        self.val_loader = PairLoader(val_pairs, index, config.data, self.world, config.run.batch_pairs * 2, False,
+        self.val_loader = PairLoader(val_pairs, config.data, self.world, config.run.batch_pairs * 2, False,
                                      self.device)
         self.metrics = MetricsLog(self.out, self.world.rank == 0)
         self.audit = AuditLog(self.out, self.world.rank) if config.run.audit else None
@@ -217,6 +217,17 @@ class Trainer:
             if self.state is not None:
                 log.info("resuming from state.pt at step %d (epoch %d, step %d of it)",
                          self.state["step"], self.state["epoch"], self.state["epoch_step"])
+
+    def load_split(self, split: str, shards: ShardIndex):
+        """One split's pairs, resolved against the shards. Under torchrun the first rank of each
+        node resolves them and writes the cache while the others wait, then every rank maps it:
+        one resolution and one copy in memory per node, not one per rank."""
+        path = Path(self.config.data.pairs) / f"{split}.parquet"
+        if dist.is_initialized():
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                load_pairs(path, shards)
+            dist.barrier()
+        return load_pairs(path, shards)
 
     def train_step(self, batch) -> tuple[float, torch.Tensor, torch.Tensor]:
         """Forward over the batch's unique images, loss on score differences, backward, update."""
@@ -245,6 +256,7 @@ class Trainer:
         """Run the remaining epochs; validate, log and checkpoint as configured; return final metrics."""
         run = self.config.run
         step, start_epoch, start_local = resume_position(self.state, self.world, self.steps)
+        startup = True
         total = self.steps * run.epochs if run.max_steps is None else min(run.max_steps, self.steps * run.epochs)
         bar = progress(total=total, initial=step, desc="train", unit="step") if self.world.rank == 0 else None
         window, last = StepWindow(), {}
@@ -254,6 +266,9 @@ class Trainer:
             t_wait = time.perf_counter()
             for epoch_step, batch in self.loader.iterate(epoch, start_local if epoch == start_epoch else 0):
                 t_start = time.perf_counter()
+                if startup:  # the first batch of this process is ready: start-up ends here
+                    self.metrics.write(step, **{"time/startup": process_age()})
+                    startup = False
                 loss, s_hi, s_lo = self.train_step(batch)
                 step += 1
                 window.add(loss, s_hi, s_lo, batch.images.shape[0], t_start - t_wait, time.perf_counter() - t_wait)

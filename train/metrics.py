@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +23,21 @@ class MetricsLog:
         record = {"step": step, "time": round(time.time(), 3), **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def process_age() -> float:
+    """Seconds since this process started (from /proc on Linux; elsewhere since this module was
+    imported), so start-up is timed from the interpreter's start, torch import included."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time() - _IMPORTED
+
+
+_IMPORTED = time.time()
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -13,7 +13,6 @@ import torch
 
 from cluster.bench import BenchConfig
 from cluster.benches.trainset import make_trainset
-from shards.locate import ShardIndex
 from train.config import DataConfig
 from train.data import PairLoader, World, load_pairs
 from train.decode import BACKENDS
@@ -21,10 +20,9 @@ from train.model import build_model
 
 
 def loader_rate(workdir, backend: str, batch_pairs: int, steps: int, device) -> dict:
-    index = ShardIndex(workdir / "shards")
-    pairs = load_pairs(workdir / "pairs" / "train.parquet", index)
+    pairs = load_pairs(workdir / "pairs" / "train.parquet", workdir / "shards")
     config = DataConfig(backend=backend, threads=torch.get_num_threads())
-    loader = PairLoader(pairs, index, config, World(), batch_pairs, True, device, seed=0)
+    loader = PairLoader(pairs, config, World(), batch_pairs, True, device, seed=0)
     n_pairs = n_images = 0
     start = None
     for step, batch in loader.iterate(epoch=0):

@@ -1,0 +1,92 @@
+"""The trainer's index: pairs resolved to rows without a Python object per key, cached beside
+the pairs and memory-mapped, invalidated when the shards change; DALI's crops follow the seed."""
+import hashlib
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from shards.locate import ShardIndex, resolve_pairs
+from shards.schema import read_table
+from tests.conftest import jpeg_bytes, photo_arrays
+from train.config import DataConfig
+from train.data import load_pairs
+from train.decode import BACKENDS, make_decoder
+
+
+@pytest.fixture()
+def dataset(train_dataset, tmp_path):
+    """A private copy: these tests rewrite slices and caches."""
+    shutil.copytree(train_dataset / "shards", tmp_path / "shards")
+    shutil.copytree(train_dataset / "pairs", tmp_path / "pairs")
+    return tmp_path
+
+
+def expected_pairs(dataset, split="train") -> list[tuple[str, str]]:
+    """The manifest's pairs whose two keys have an `ok` row, by plain Python sets."""
+    images = read_table(dataset / "shards", "images").to_pylist()
+    ok = {r["key"] for r in images if r["status"] == "ok"}
+    pairs = read_table(dataset / "pairs" / f"{split}.parquet", "pairs").to_pylist()
+    return [(p["hi_key"], p["lo_key"]) for p in pairs if p["hi_key"] in ok and p["lo_key"] in ok]
+
+
+def resolved_pairs(pairs) -> list[tuple[str, str]]:
+    return list(zip(pairs.index.keys_of(pairs.hi), pairs.index.keys_of(pairs.lo)))
+
+
+def test_pairs_resolve_to_the_right_bytes_and_the_cache_is_mapped(dataset):
+    first = load_pairs(dataset / "pairs" / "train.parquet", dataset / "shards")
+    assert resolved_pairs(first) == expected_pairs(dataset)
+    assert (dataset / "pairs" / ".train.resolved").is_file()
+    index = ShardIndex(dataset / "shards")
+    again = load_pairs(dataset / "pairs" / "train.parquet", index)
+    assert "key_array" not in vars(index)  # a warm cache never reads the shards' slices
+    assert isinstance(again.hi, np.memmap) and isinstance(again.index.offsets, np.memmap)
+    assert resolved_pairs(again) == resolved_pairs(first)
+    assert np.array_equal(again.shard, first.shard) and list(again.shard_names) == list(first.shard_names)
+    # Every row's bytes are that key's JPEG, as the shards' own table records them.
+    rows = read_table(dataset / "shards", "images").to_pylist()
+    sha1 = {r["key"]: r["sha1"] for r in rows if r["status"] == "ok"}
+    for row in range(len(again.index)):
+        assert hashlib.sha1(again.index.read_row(row)).hexdigest() == sha1[again.index.key(row)]
+
+
+def test_a_rewritten_slice_invalidates_the_cache(dataset):
+    pairs = load_pairs(dataset / "pairs" / "train.parquet", dataset / "shards")
+    victim = pairs.index.key(pairs.hi[0])
+    slice_path = dataset / "shards" / pairs.index.shard_names[pairs.index.shard[pairs.hi[0]]].replace(".tar", ".parquet")
+    table = pq.read_table(slice_path)
+    status = pc.if_else(pc.equal(table.column("key"), victim), pa.scalar("http_404"), table.column("status"))
+    pq.write_table(table.set_column(table.schema.get_field_index("status"), "status", status), slice_path)
+    after = load_pairs(dataset / "pairs" / "train.parquet", dataset / "shards")
+    assert victim not in set(np.concatenate([after.index.keys_of(after.hi), after.index.keys_of(after.lo)]))
+    assert resolved_pairs(after) == expected_pairs(dataset) and after.missing > pairs.missing
+
+
+def test_an_index_in_memory_gives_the_same_pairs_as_the_cached_path(dataset):
+    in_memory = resolve_pairs(dataset / "pairs" / "val.parquet", ShardIndex(dataset / "shards"), cache=False)
+    cached = resolve_pairs(dataset / "pairs" / "val.parquet", ShardIndex(dataset / "shards"))
+    assert list(in_memory.index.keys_of(in_memory.hi)) == list(cached.index.keys_of(cached.hi))
+    assert in_memory.missing == cached.missing
+
+
+def test_a_damaged_cache_is_rebuilt(dataset):
+    load_pairs(dataset / "pairs" / "train.parquet", dataset / "shards")
+    cache = dataset / "pairs" / ".train.resolved"
+    cache.write_bytes(b"{not json\n" + cache.read_bytes())
+    pairs = load_pairs(dataset / "pairs" / "train.parquet", dataset / "shards")
+    assert resolved_pairs(pairs) == expected_pairs(dataset)
+
+
+@pytest.mark.skipif("dali" not in BACKENDS, reason="DALI is not installed")
+def test_dali_crops_follow_the_seed_so_ranks_differ_and_resume_repeats():
+    encoded = [jpeg_bytes(a) for a in photo_arrays().values()]
+    decode = make_decoder(DataConfig(backend="dali", decode_device="cpu", resize=160, crop=96), True,
+                          torch.device("cpu"))
+    rank0, rank1, rank0_again = decode(encoded, 11), decode(encoded, 12), decode(encoded, 11)
+    assert torch.equal(rank0, rank0_again)
+    assert not torch.equal(rank0, rank1)
