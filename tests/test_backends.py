@@ -49,3 +49,19 @@ def test_gpu_backend_is_not_offered_without_a_gpu():
     assert "nvjpeg" not in BACKENDS
     with pytest.raises(UserError, match="not available"):
         make_decoder(DataConfig(backend="nvjpeg"), False, CPU)
+
+
+@pytest.mark.parametrize("squash", [False, True])
+def test_nvjpeg_transforms_agree_with_pillow_on_the_cpu(encoded, squash):
+    """The GPU backend's resize, crop and normalisation, run on the CPU with torchvision's CPU
+    decoder standing in for nvJPEG: only the decode call differs on a GPU."""
+    from train.decode import NvjpegDecoder
+
+    config = DataConfig(resize=160, crop=128, squash=squash)
+    pillow = make_decoder(DataConfig(backend="torch", resize=160, crop=128, squash=squash), False, CPU)(encoded, 0)
+    nvjpeg = NvjpegDecoder(config, False, CPU)(encoded, 0)
+    assert nvjpeg.shape == pillow.shape == (len(encoded), 3, 128, 128) and nvjpeg.device == CPU
+    diff = (pillow - nvjpeg).abs()
+    assert diff.mean() < 0.03 and np.percentile(diff.numpy(), 99) < 0.35
+    train = NvjpegDecoder(config, True, CPU)
+    assert torch.equal(train(encoded, 3), train(encoded, 3)) and not torch.equal(train(encoded, 3), train(encoded, 4))
