@@ -28,6 +28,7 @@ BENCHES = {
     "loader": "loader",
     "train": "train",
     "score": "score",
+    "scale": "scale",
 }
 
 

@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of the train issue: images/s per GPU for ResNet-50 at bf16 with each
-# GPU decoding backend offered there (nvjpeg; dali where installed), and the data-wait share.
-# Meant for a lent GPU machine whose image has torch and torchvision but not this package's other
-# dependencies: carry their wheels in .whl/ (pyarrow, ray, webdataset, requests, pyyaml, tqdm,
-# matplotlib, scikit-image and their needs), then run:  bash cluster/gpu_check.sh
+# The one prepared GPU check of the train issue (see cluster/gpu_check.py): images/s per GPU of
+# ResNet-50 at bf16 with nvJPEG decoding (DALI where installed), at 64 and 256 pairs per GPU, with
+# and without --compile, beside the model alone on synthetic tensors and the data-wait share.
+# Needs only what the lent machine has (torch, torchvision, numpy, pillow, pyarrow, pyyaml, tqdm,
+# matplotlib, scikit-image): run from the repository root as  bash cluster/gpu_check.sh
+# Writes gpu-check.json and gpu-check.png to $OUT (or ./gpu-check) and prints one summary line.
 set -euo pipefail
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-nvidia-smi --query-gpu=name,memory.total --format=csv
-python3 -m cluster bench loader train --workdir /tmp/iipa-bench --json "${OUT:-.}/bench-gpu.json"
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
+exec timeout 330 python3 -m cluster.gpu_check --out "${OUT:-gpu-check}" "$@"

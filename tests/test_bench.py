@@ -21,3 +21,16 @@ def test_bench_loader_and_train_report_ratios(tmp_path):
 def test_unknown_bench_stage_is_one_line():
     result = run_iipa("bench", "warp")
     assert result.returncode == 2 and "unknown stage" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_bench_scale_times_cold_and_warm_start_against_pyarrow(tmp_path):
+    workdir = tmp_path / "w"
+    result = run_iipa("bench", "scale", "--quick", "--workdir", str(workdir), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["images"] == 20_000 and r["pairs"] == 10_000
+    for run in ("cold", "warm", "empty_run"):
+        assert 0 < r[run]["startup_s"] < r[run]["wall_s"] and r[run]["peak_rss_mb"] > 100
+    assert r["baseline_value"] > 0 and r["host_images_per_s"] > 0 and r["naive_read_images_per_s"] > 0
+    # The cold run wrote the pair cache the warm run mapped.
+    assert list((workdir / "scale" / "quick").glob("scale-20000-*/pairs/.train.resolved"))
