@@ -91,8 +91,16 @@ class ShardIndex:
         """Row of each key (-1 where the key has no `ok` sample), in one vectorised lookup."""
         if not isinstance(keys, (pa.Array, pa.ChunkedArray)):
             keys = pa.array(keys, self.key_array.type)
-        found = pc.index_in(keys.cast(self.key_array.type), value_set=self.key_array)
-        return pc.fill_null(found, -1).to_numpy().astype(np.int64)
+        keys = keys.cast(self.key_array.type)
+        if 4 * len(keys) >= len(self.key_array):
+            found = pc.index_in(keys, value_set=self.key_array)
+            return pc.fill_null(found, -1).to_numpy().astype(np.int64)
+        # Few keys (a validation split): hash those, not the 10 M of the index, and scan the index once.
+        wanted = pc.unique(keys)
+        hit = pc.fill_null(pc.index_in(self.key_array, value_set=wanted), -1).to_numpy()
+        row_of_wanted = np.full(len(wanted), -1, dtype=np.int64)
+        row_of_wanted[hit[hit >= 0]] = np.flatnonzero(hit >= 0)
+        return row_of_wanted[pc.index_in(keys, value_set=wanted).to_numpy()]
 
     def key(self, row: int) -> str:
         return self.key_array[int(row)].as_py()

@@ -90,3 +90,13 @@ def test_dali_crops_follow_the_seed_so_ranks_differ_and_resume_repeats():
     rank0, rank1, rank0_again = decode(encoded, 11), decode(encoded, 12), decode(encoded, 11)
     assert torch.equal(rank0, rank0_again)
     assert not torch.equal(rank0, rank1)
+
+
+def test_rows_of_few_keys_and_of_many_agree(train_dataset):
+    """Two lookups (hash the index, or hash the few keys asked for) give the same rows."""
+    index = ShardIndex(train_dataset / "shards")
+    keys = list(index.keys)
+    few = [keys[-1], "no-such-key", keys[0], keys[-1]]
+    many = few + keys  # at least as many keys as the index: the other path
+    assert list(index.rows(few)) == [len(keys) - 1, -1, 0, len(keys) - 1]
+    assert list(index.rows(many)) == [len(keys) - 1, -1, 0, len(keys) - 1] + list(range(len(keys)))
