@@ -213,9 +213,11 @@ def _resolve(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:
     hi, lo = rows[:n], rows[n:]
     present = (hi >= 0) & (lo >= 0)
     hi, lo = hi[present], lo[present]
-    used, inverse = np.unique(np.concatenate([hi, lo]), return_inverse=True)
-    inverse = inverse.astype(np.int64)
-    return ResolvedPairs(index.subset(used), inverse[:len(hi)], inverse[len(hi):], int((~present).sum()))
+    # The images these pairs use, in index order, renumbered: linear (bincount), not a sort.
+    used = np.flatnonzero(np.bincount(hi, minlength=len(index)) + np.bincount(lo, minlength=len(index)))
+    number = np.zeros(len(index), dtype=np.int64)
+    number[used] = np.arange(len(used))
+    return ResolvedPairs(index.subset(used), number[hi], number[lo], int((~present).sum()))
 
 
 def _fingerprint(pairs_file: Path, shards_dir: Path) -> str:
