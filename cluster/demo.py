@@ -123,7 +123,8 @@ def run_demo(config: DemoConfig) -> dict:
                                                        split_shares=(0.7, 0.15, 0.15), seed=config.seed))
     stage("shards", build_shards, BuildConfig(images=out / "images.parquet", out=out / "shards",
                                               only_paired=out / "pairs", shard_size=500, workers=2,
-                                              fetch=FetchConfig(allow_hosts=()), resize=ResizeConfig(size=64)))
+                                              fetch=FetchConfig(allow_hosts=(), allow_local=(out / "raw",)),
+                                              resize=ResizeConfig(size=64)))
     stage("train", train_under_torchrun, config, out)
     report = stage("eval", evaluate, EvalConfig(str(out / "run" / "model.pth"), out / "shards",
                                                 out / "pairs" / "test.parquet", out / "eval"))

@@ -33,7 +33,9 @@ def _build_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=8, help="concurrent fetches per actor (default 8)")
     p.add_argument("--allow-hosts", default=",".join(X_MEDIA_HOSTS),
                    help="HTTP hosts images may come from, comma-separated (default: X's media hosts)")
-    p.add_argument("--no-local", action="store_true", help="refuse local paths and file:// URLs")
+    p.add_argument("--allow-local", action="append", type=Path, default=[], metavar="DIR",
+                   help="a folder whose files local paths and file:// URLs may name (repeatable; "
+                        "default: none, local files are refused)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per connection or read (default 10)")
     p.add_argument("--fetch-retries", type=int, default=3, help="retries after 429/5xx/timeouts (default 3)")
     p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest body accepted")
@@ -72,7 +74,7 @@ def _build(args) -> int:
         images=args.images, out=args.out, only_paired=args.only_paired, shard_size=args.shard_size,
         workers=args.workers, threads=args.threads, ray_address=args.ray_address,
         fetch=FetchConfig(allow_hosts=tuple(h.strip() for h in args.allow_hosts.split(",") if h.strip()),
-                          allow_local=not args.no_local, timeout=args.timeout, retries=args.fetch_retries,
+                          allow_local=tuple(args.allow_local), timeout=args.timeout, retries=args.fetch_retries,
                           max_bytes=args.max_bytes, remote_size=args.remote_size or None),
         resize=ResizeConfig(size=args.size, quality=args.quality, resample=args.resample))
     manifest = build_shards(config)

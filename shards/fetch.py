@@ -3,10 +3,18 @@
 Errors of one image are values: `fetch` returns `Fetched(data=...)` or `Fetched(status=..., error=...)`
 and never raises for a bad URL, a slow server or a wrong body. Statuses: `http_NNN`, `timeout`,
 `truncated`, `connection_error`, `too_large`, `empty`, `not_image`, `host_not_allowed`,
-`too_many_redirects`, `bad_url`, `no_url`, `not_found`, `read_error`.
+`too_many_redirects`, `bad_url`, `no_url`, `not_found`, `read_error`, `local_not_allowed`,
+`not_regular_file`.
+
+Local paths and file:// URLs are read only below the roots the user allowed (`allow_local`),
+symbolic links resolved first, regular files only (no FIFO, device or socket), capped by the
+bytes actually read and by the same total time as a download: an images table is data, and
+its URLs must not reach the rest of the machine.
 """
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -34,8 +42,9 @@ class FetchConfig:
     allow_hosts: tuple[str, ...] = X_MEDIA_HOSTS
     """HTTP hosts images may come from (exact names; `.example.com` also allows its subdomains).
     Every redirect hop is checked too."""
-    allow_local: bool = True
-    """Whether local paths and file:// URLs are allowed (archives and the synthetic set use them)."""
+    allow_local: tuple[Path, ...] = ()
+    """Folders whose files local paths and file:// URLs may name (the synthetic set's or an account
+    archive's media); none by default. Symbolic links are resolved before the check."""
     timeout: float = 10.0
     """Seconds to wait for a connection or for the next bytes of a body."""
     total_timeout: float = 60.0
@@ -91,16 +100,49 @@ def x_media_url(url: str, size: str | None) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), ""))
 
 
+def local_root(path: Path, roots: tuple[Path, ...]) -> Path | None:
+    """`path` with symbolic links and `..` resolved if that lies under one of `roots`, else None."""
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        if real.is_relative_to(os.path.realpath(root)):
+            return real
+    return None
+
+
 def _read_local(path: Path, config: FetchConfig) -> Fetched:
+    real = local_root(path, config.allow_local)
+    if real is None:
+        return Fetched(status="local_not_allowed", error=f"{path} is not under an --allow-local folder")
+    started = time.monotonic()
     try:
-        size = path.stat().st_size
-        if size > config.max_bytes:
-            return Fetched(status="too_large", error=f"{size} bytes > {config.max_bytes}")
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the path checked is
+        # the path opened, even if a link is swapped in after the check.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         return Fetched(status="not_found" if isinstance(exc, FileNotFoundError) else "read_error",
                        error=f"{exc.strerror}: {path}")
-    return _checked(data)
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return Fetched(status="not_regular_file", error=f"{path} is not a regular file")
+        try:
+            data = _read_capped(file.read, config, started, str(path))
+        except OSError as exc:
+            return Fetched(status="read_error", error=f"{exc.strerror}: {path}")
+    return data if isinstance(data, Fetched) else _checked(data)
+
+
+def _read_capped(read, config: FetchConfig, started: float, what: str) -> bytes | Fetched:
+    """Read to the end, counting the bytes read (a size on record may lie: /proc files say 0)
+    and the time since `started`, so neither a huge file nor a slow one holds a thread."""
+    chunks, size = [], 0
+    while chunk := read(READ_CHUNK):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > config.max_bytes:
+            return Fetched(status="too_large", error=f"{what} over {config.max_bytes} bytes")
+        if time.monotonic() - started > config.total_timeout:
+            return Fetched(status="timeout", error=f"{what} not complete after {config.total_timeout:g}s")
+    return b"".join(chunks)
 
 
 def _checked(data: bytes) -> Fetched:
@@ -138,23 +180,18 @@ def _read_body(response: urllib3.BaseHTTPResponse, config: FetchConfig, started:
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > config.max_bytes:
         return Fetched(status="too_large", error=f"Content-Length {length} > {config.max_bytes} bytes")
-    chunks, size = [], 0
+    # read1 returns what one receive brings (up to READ_CHUNK): a photo on a fast link comes in a
+    # few pieces, and the byte cap and the total time are checked after each, so a server
+    # trickling bytes is cut off on time.
     try:
-        # read1 returns what one receive brings (up to READ_CHUNK): a photo on a fast link comes
-        # in a few pieces, and the byte cap and the total time are checked after each, so a
-        # server trickling bytes is cut off on time.
-        while chunk := response.read1(READ_CHUNK):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > config.max_bytes:
-                return Fetched(status="too_large", error=f"body over {config.max_bytes} bytes")
-            if time.monotonic() - started > config.total_timeout:
-                return Fetched(status="timeout", error=f"body not complete after {config.total_timeout:g}s")
+        data = _read_capped(response.read1, config, started, "body")
     except ProtocolError as exc:  # the connection broke inside the body
-        return Fetched(status="truncated", error=f"{size} bytes, then {exc}"[:200])
-    if length.isdigit() and size < int(length):  # a server that closes early without an error
-        return Fetched(status="truncated", error=f"{size} of {length} bytes")
-    return _checked(b"".join(chunks))
+        return Fetched(status="truncated", error=f"{exc}"[:200])
+    if isinstance(data, Fetched):
+        return data
+    if length.isdigit() and len(data) < int(length):  # a server that closes early without an error
+        return Fetched(status="truncated", error=f"{len(data)} of {length} bytes")
+    return _checked(data)
 
 
 def _http_once(client: urllib3.PoolManager, url: str, config: FetchConfig) -> Fetched:
@@ -196,8 +233,8 @@ def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig) -> 
         return Fetched(status="no_url", error="the row has no URL")
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):
-        if not config.allow_local:
-            return Fetched(status="host_not_allowed", error="local files are not allowed")
+        if parts.scheme and parts.netloc not in ("", "localhost"):
+            return Fetched(status="bad_url", error=f"file URL on another host {parts.netloc!r}")
         return _read_local(Path(unquote(parts.path) if parts.scheme else url), config)
     if parts.scheme not in ("http", "https"):
         return Fetched(status="bad_url", error=f"unsupported URL scheme {parts.scheme!r}")

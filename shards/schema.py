@@ -2,15 +2,18 @@
 
 Every writer validates against these schemas and every reader checks the version stamped in the
 Parquet metadata, so a file written by an incompatible version fails loudly instead of quietly
-misreading columns.
+misreading columns. Every images table written or read also has its sample keys checked, as they
+become tar member names.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
@@ -74,6 +77,30 @@ class SchemaError(ValueError):
     """A table does not match its contract (a user's file, or a bug in a writer)."""
 
 
+# A sample key becomes the tar member names `{key}.jpg` and `{key}.json`: no `/`, `..`, newline
+# or absolute path may reach tar -x or tarfile.extractall, no dot (WebDataset splits a member
+# name at its first dot), and at most 95 characters (a USTAR name holds 100 bytes).
+KEY_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,94}"
+KEY_RULE = "letters, digits, '_' and '-' only, at most 95 characters, not starting with '-'"
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a safe sample key, else ValueError (a writer's last line of defence)."""
+    if not isinstance(key, str) or not re.fullmatch(KEY_PATTERN, key):
+        raise ValueError(f"unsafe sample key {key!r}: {KEY_RULE}")
+    return key
+
+
+def check_keys(keys: pa.ChunkedArray | pa.Array, name: str) -> None:
+    """Refuse a table with any unsafe key, naming the first and how many (vectorised)."""
+    bad = pc.invert(pc.match_substring_regex(keys, f"^{KEY_PATTERN}$"))
+    count = pc.sum(bad).as_py() or 0
+    if count:
+        first = keys.filter(bad)[0].as_py()
+        raise SchemaError(f"{name}: unsafe sample key {first!r} ({count} in all): keys become tar member "
+                          f"names, so {KEY_RULE}")
+
+
 def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     """Return `table` with exactly `schema`'s columns, order and types, or raise SchemaError.
 
@@ -99,6 +126,8 @@ def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
         if not field.nullable and col.null_count:
             raise SchemaError(f"{name}: column {field.name!r} has {col.null_count} null values")
         columns.append(col)
+    if schema is IMAGES:
+        check_keys(columns[schema.get_field_index("key")], name)
     metadata = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
     return pa.Table.from_arrays(columns, schema=schema.with_metadata(metadata))
 

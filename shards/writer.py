@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.schema import IMAGES, conform
+from shards.schema import IMAGES, check_key, conform
 
 
 def shard_name(prefix: str, shard_id: int) -> str:
@@ -59,7 +59,7 @@ class ShardWriter:
         # Members are named {key}.jpg / {key}.json with mode 0444 and mtime 0, so a shard's bytes
         # depend only on its samples.
         """Write one sample; return (offset, size) of its JPEG inside the tar."""
-        offset = self._add(f"{key}.jpg", jpeg)
+        offset = self._add(f"{check_key(key)}.jpg", jpeg)
         self._add(f"{key}.json", json.dumps(meta, default=str).encode())
         return offset, len(jpeg)
 

@@ -130,5 +130,6 @@ def train_dataset(tmp_path_factory, ray_local) -> Path:
     build_pairs(PairsConfig(images=root / "images.parquet", out=root / "pairs", max_pairs_per_user=20,
                             split_shares=(0.75, 0.125, 0.125), seed=1))
     build_shards(BuildConfig(images=root / "images.parquet", out=root / "shards", only_paired=root / "pairs",
-                             shard_size=37, fetch=FetchConfig(allow_hosts=()), resize=ResizeConfig(size=40)))
+                             shard_size=37, fetch=FetchConfig(allow_hosts=(), allow_local=(root / "raw",)),
+                             resize=ResizeConfig(size=40)))
     return root

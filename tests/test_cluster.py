@@ -131,7 +131,8 @@ def ray_cluster(tmp_path_factory):
 def test_shards_build_on_a_two_node_ray_cluster_equals_a_local_build(train_dataset, ray_cluster, tmp_path):
     address, env = ray_cluster
     common = ["shards", "build", "--images", str(train_dataset / "images.parquet"), "--only-paired",
-              str(train_dataset / "pairs"), "--size", "40", "--shard-size", "37", "--allow-hosts", ""]
+              str(train_dataset / "pairs"), "--size", "40", "--shard-size", "37", "--allow-hosts", "",
+              "--allow-local", str(train_dataset / "raw")]
     result = run_iipa(*common, "--out", str(tmp_path / "remote"), "--ray-address", address, "--workers", "4",
                       env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

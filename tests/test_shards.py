@@ -49,7 +49,8 @@ EXPECTED = {"ok_astronaut": "ok", "ok_coffee": "ok", "ok_chelsea": "ok", "ok_roc
 
 def config(tmp_path, **kw) -> BuildConfig:
     return BuildConfig(images=tmp_path / "images.parquet", out=tmp_path / "shards", shard_size=4, workers=2,
-                       fetch=FetchConfig(allow_hosts=("127.0.0.1",), retries=2, backoff=0.01, timeout=5),
+                       fetch=FetchConfig(allow_hosts=("127.0.0.1",), allow_local=(tmp_path,), retries=2, backoff=0.01,
+                                         timeout=5),
                        resize=ResizeConfig(size=64), **kw)
 
 

@@ -142,7 +142,7 @@ def fault_urls(base: str, tmp) -> dict[str, str]:
 
 def build_config(tmp, **kw) -> BuildConfig:
     return BuildConfig(images=tmp / "images.parquet", out=tmp / "shards", shard_size=6, workers=2, threads=4,
-                       fetch=FetchConfig(allow_hosts=("127.0.0.1",), retries=2, backoff=0.01, timeout=0.5,
+                       fetch=FetchConfig(allow_hosts=("127.0.0.1",), allow_local=(tmp,), retries=2, backoff=0.01, timeout=0.5,
                                          max_bytes=MAX_BYTES),
                        resize=ResizeConfig(size=64), **kw)
 

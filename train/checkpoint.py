@@ -4,12 +4,22 @@
 prefix (IIPA's released layout); `model.json` beside it records the architecture and the
 preprocessing the weights were trained with; `state.pt` holds what exact resumption needs.
 All three are written to a temporary name and renamed.
+
+Every file is loaded weights-only: a checkpoint is data, and a pickle that asks for anything
+beyond tensors, numbers, strings and containers (a planted `state.pt`, a doctored
+`model.pth`) is refused in one line before any of it runs. So `state.pt` keeps its RNG states
+as tensors, numbers and strings too.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
+import re
 from pathlib import Path
+
+import numpy as np
 
 import torch
 
@@ -49,13 +59,52 @@ def save_model(model: torch.nn.Module, config: TrainConfig, out: Path, step: int
     return out / "model.pth"
 
 
+def load_weights_only(path: Path, mmap: bool = False):
+    """torch.load that runs nothing: a file needing more than weights is a UserError, in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # what it asked for, e.g. posix.system
+        what = f" (it asks for {found.group(1)})" if found else ""
+        raise UserError(f"{path}: refused: it needs more than tensors, numbers and strings to load{what}; "
+                        "delete it if you did not write it") from exc
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise UserError(f"{path}: not a PyTorch weights file ({type(exc).__name__})") from exc
+
+
+def rng_state() -> dict:
+    """The global RNGs as tensors, numbers and strings (what a weights-only load accepts)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": py_gauss}}
+
+
+def restore_rng(state: dict) -> None:
+    """Set the global RNGs back to what `rng_state` recorded."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+
+
 def save_state(state: dict, out: Path) -> None:
     _atomic_save(state, out / "state.pt")
 
 
-def load_state(out: Path) -> dict | None:
+def load_state(out: Path, mmap: bool = False) -> dict | None:
+    """RUN/state.pt if there is one (weights-only; `mmap` maps tensors instead of reading them,
+    for a cheap check before the ranks start)."""
     path = out / "state.pt"
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    if not path.exists():
+        return None
+    state = load_weights_only(path, mmap)
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "epoch", "epoch_step"} <= set(state):
+        raise UserError(f"{path}: not a state.pt of iipa train (delete it to start afresh)")
+    return state
 
 
 def strip_prefixes(state: dict) -> dict:
@@ -72,12 +121,11 @@ def strip_prefixes(state: dict) -> dict:
 def read_weights(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such weights file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"{path}: not a PyTorch weights file ({type(exc).__name__})") from exc
+    state = load_weights_only(path)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: not a state_dict (expected names mapped to tensors, found {type(state).__name__})")
     return strip_prefixes(state)
 
 
@@ -111,6 +159,9 @@ def model_meta(model_path: Path) -> dict:
     meta_path = path.with_name("model.json")
     if not meta_path.exists():
         raise UserError(f"{meta_path}: missing (a run's model.pth has its model.json beside it; use iipa:PATH for IIPA weights)")
-    meta = json.loads(meta_path.read_text())
-    return {"arch": meta["arch"], "weights": path, "preprocess": meta["preprocess"]}
+    try:
+        meta = json.loads(meta_path.read_text())
+        return {"arch": meta["arch"], "weights": path, "preprocess": dict(meta["preprocess"])}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{meta_path}: not a model.json of iipa train ({type(exc).__name__}: {exc})") from exc
 

@@ -93,6 +93,15 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--crop {config.data.crop} is larger than --resize {config.data.resize}")
     if config.run.batch_pairs < 1 or config.run.epochs < 1:
         raise UserError("--batch-pairs and --epochs must be ≥ 1")
+    for flag in ("ckpt_every", "val_every", "log_every"):
+        if getattr(config.run, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be ≥ 1")
+    # A state.pt to resume from is checked here, once, weights-only and memory-mapped, so a
+    # planted or foreign one is refused in one line before any rank (or torchrun) starts.
+    if (Path(config.run.out) / "state.pt").exists():
+        from train.checkpoint import load_state  # torch, only when there is something to check
+
+        load_state(Path(config.run.out), mmap=True)
 
 
 def launch_torchrun(args, argv: list[str]) -> int:

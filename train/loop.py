@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
@@ -22,7 +20,7 @@ from torch.distributed.constants import default_pg_timeout
 from shards.console import progress
 from shards.locate import ShardIndex
 from shards.schema import write_json
-from train.checkpoint import initialise, load_state, save_model, save_state
+from train.checkpoint import initialise, load_state, restore_rng, rng_state, save_model, save_state
 from train.config import TrainConfig
 from train.data import PairLoader, World, load_pairs, steps_per_epoch
 from train.metrics import AuditLog, MetricsLog, process_age, write_curve
@@ -135,7 +133,7 @@ def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, s
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "step": step, "epoch": epoch, "epoch_step": epoch_step, "steps_per_epoch": steps,
                     "world_size": world.world_size, "config": config.to_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
+                    "rng": rng_state()},
                    out)
     if dist.is_initialized():
         dist.barrier()
@@ -193,6 +191,7 @@ class Trainer:
             self.raw_model.load_state_dict(self.state["model"])
             self.optimizer.load_state_dict(self.state["optimizer"])
             self.scheduler.load_state_dict(self.state["scheduler"])
+            restore_rng(self.state["rng"])
         self.model = self.raw_model
         if self.world.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -60,6 +60,7 @@ def make_trainset(workdir: Path, n_images: int, n_pairs: int, seed: int = 0) -> 
     for split in ("train", "val", "test"):
         write_table(pairs if split == "train" else pairs.slice(0, 16), workdir / "pairs" / f"{split}.parquet", "pairs")
     build_shards(BuildConfig(images=workdir / "images.parquet", out=workdir / "shards", shard_size=256,
-                             fetch=FetchConfig(allow_hosts=()), resize=ResizeConfig(size=256)))
+                             fetch=FetchConfig(allow_hosts=(), allow_local=(workdir / "photos",)),
+                             resize=ResizeConfig(size=256)))
     marker.write_text("ok\n")
     return workdir
