@@ -86,28 +86,52 @@ def scrub(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
+def our_page(line: bytes) -> dict | None:
+    """The page a line holds if it is one this command saved (a JSON page with our stamp), else None."""
+    try:
+        page = json.loads(line)
+    except ValueError:
+        return None
+    stamp = page.get("__twarc") if isinstance(page, dict) else None
+    return page if isinstance(stamp, dict) and str(stamp.get("version", "")).startswith("iipa") else None
+
+
 def read_progress(out: Path) -> tuple[int, str | None, bool]:
-    """(tweets saved, last next_token, finished) of an earlier run's output; a torn last line
-    (the process died while writing it) is cut off so the file ends with a whole page."""
+    """(tweets saved, last next_token, finished) of an earlier run's output.
+
+    Only our own pages are resumed: the one thing cut off is a torn last line (the process died
+    while writing it, so it has no newline and does not parse) after pages of ours. Any other
+    content means `--out` names someone else's file, which is refused and left untouched.
+    """
     if not out.exists():
         return 0, None, False
-    tweets, token, finished, good = 0, None, False, 0
+    if not out.is_file():
+        raise UserError(f"--out {out} is not a file (a search writes one JSONL file)")
+    tweets, token, finished, good, number = 0, None, False, 0, 0
     with open(out, "rb") as f:
-        for line in f:
-            try:
-                page = json.loads(line)
-            except ValueError:
-                break
+        for number, line in enumerate(f, 1):
+            page = our_page(line) if line.endswith(b"\n") else None
+            if page is None:
+                if not line.endswith(b"\n") and torn_tail(out, line, good):
+                    break
+                raise UserError(f"{out}: line {number} is not a search page saved by iipa; this file is not "
+                                "a search output of ours, so it is left as it is: choose another --out")
             good += len(line)
             data = page.get("data") or []
             tweets += len(data) if isinstance(data, list) else 1
             token = (page.get("meta") or {}).get("next_token")
             finished = token is None
     if good < out.stat().st_size:
-        log.warning("%s: dropping a partly written last line", out)
+        log.warning("%s: dropping a partly written last page (%d bytes)", out, out.stat().st_size - good)
         with open(out, "r+b") as f:
             f.truncate(good)
     return tweets, token, finished
+
+
+def torn_tail(out: Path, line: bytes, good: int) -> bool:
+    """Whether an unfinished last line is the start of a page of ours: after our pages, or as the
+    first line of a file whose search state we wrote (the state is written before any page)."""
+    return line.startswith(b"{") and (good > 0 or Path(str(out) + ".search.json").exists())
 
 
 def rate_limit_wait(headers, default: float) -> float:

@@ -279,3 +279,45 @@ def test_cli_trend_flags_without_trends_and_trends_without_token(tmp_path):
         "iipa ingest: error: --top and --hashtags-only choose among trends: give --trending FILE or --woeid N"]
     result = run_iipa("ingest", "trends", "--woeid", "1", "--out", str(tmp_path / "t.json"), env={"X_BEARER_TOKEN": ""})
     assert result.returncode == 2 and "X_BEARER_TOKEN is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- an existing --out: only a torn last page of our own is ever cut off ----
+
+
+def test_an_output_that_is_not_ours_survives_byte_for_byte(pages, tmp_path):
+    client, _ = client_for(api(pages, rate_limited=False))
+    raw = tmp_path / "raw.jsonl"
+    csv_file = tmp_path / "tweets.csv"
+    csv_file.write_bytes(b"tweet_id,user_id,created_at,url\n1,2,2024-01-01,https://x/a.jpg")
+    # someone's own pages (no iipa stamp) followed by a line that is not JSON
+    foreign = b"".join(json.dumps(p).encode() + b"\n" for p in pages) + b"not json\n"
+    raw.write_bytes(foreign)
+    for path, before in ((csv_file, csv_file.read_bytes()), (raw, foreign)):
+        with pytest.raises(UserError, match="not a search page saved by iipa"):
+            search_tweets(SearchConfig(out=path, hashtags=["NYC", "#photo"], wait_scale=0.001), client)
+        assert path.read_bytes() == before
+        assert not (tmp_path / (path.name + ".search.json")).exists()
+
+
+def test_our_pages_then_foreign_content_is_refused_untouched(pages, tmp_path):
+    client, _ = client_for(api(pages, rate_limited=False))
+    raw = tmp_path / "raw.jsonl"
+    search_tweets(config(tmp_path, max_tweets=12), client)  # two pages of ours
+    with open(raw, "ab") as f:
+        f.write(b"id,text\n1,hello\n")  # then something else appended by mistake
+    before = raw.read_bytes()
+    with pytest.raises(UserError, match="line 3 is not a search page"):
+        search_tweets(config(tmp_path, max_tweets=100), client)
+    assert raw.read_bytes() == before
+
+
+def test_a_torn_last_page_of_ours_is_the_only_thing_dropped(pages, tmp_path):
+    client, _ = client_for(api(pages, rate_limited=False))
+    raw = tmp_path / "raw.jsonl"
+    search_tweets(config(tmp_path, max_tweets=12), client)
+    whole = raw.read_bytes()
+    raw.write_bytes(whole + json.dumps(pages[2]).encode()[:200])  # died while writing page 3
+    client, replay = client_for(api(pages, rate_limited=False))
+    summary = search_tweets(config(tmp_path, max_tweets=100), client)
+    assert summary["finished"] and summary["tweets"] == 29 and len(replay.seen) == 1
+    assert raw.read_bytes().startswith(whole) and len(raw.read_bytes().splitlines()) == 3
