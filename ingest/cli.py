@@ -8,7 +8,7 @@ from pathlib import Path
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.reader import READERS, FormatError
 from ingest.synthetic import SyntheticConfig, generate
-from ingest.table import parse_columns
+from ingest.table import parse_columns, parse_constants
 from shards.console import Parser, UserError, run_main
 
 
@@ -55,6 +55,9 @@ def build_parser(prog: str = "iipa ingest") -> Parser:
     p.add_argument("--columns", help="for tables: field=column,... (fields: tweet_id, user_id, created_at, url, "
                                      "text, hashtags, mentions, retweets, likes, replies, quotes, collected_at, "
                                      "media_key, is_retweet)")
+    p.add_argument("--set", action="append", dest="constants", metavar="FIELD=VALUE",
+                   help="for tables: a field every row gets as a constant (e.g. user_id=dog_rates for a "
+                        "single-account export); repeatable")
     p.add_argument("--collected-at", help="when the counts were read (ISO time), if the archive does not say")
     p.add_argument("--media", default="photo", help="media types to keep, comma-separated (photo,video,animated_gif)")
     p.add_argument("--no-originals", action="store_true", help="drop the originals that retweets embed, too")
@@ -113,7 +116,8 @@ def _archive(args) -> int:
     if unknown or not media:
         raise UserError(f"--media: unknown type(s) {', '.join(unknown) or '(none)'}; choose photo, video, animated_gif")
     config = ArchiveConfig(paths=args.paths, out=args.out, format=args.format, collected_at=args.collected_at,
-                           media=media, columns=parse_columns(args.columns) or None, originals=not args.no_originals)
+                           media=media, columns=parse_columns(args.columns) or None,
+                           constants=parse_constants(args.constants) or None, originals=not args.no_originals)
     summary = ingest_archive(config)
     del summary["config"]
     print(json.dumps(summary))
