@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.reader import READERS, FormatError, Malformed, detect_format, parse_time
+from ingest.reader import READERS, Counted, FormatError, Malformed, detect_format, parse_time
 from ingest.spill import SEQ, Spill, kept_rows, read_columns, regroup, winners
 from shards.console import progress
 from shards.schema import IMAGES, conform, write_json
@@ -33,6 +33,8 @@ BATCH_ROWS = 50_000
 PARTITION_BYTES = 128 << 20  # archive bytes per spill partition: a first guess of its rows, checked later
 ROW_GROUP_ROWS = 32_768  # rows per Parquet row group of the output, gathered across partitions
 MAX_LOGGED = 20
+WHY = {"collected_at_from_file_time": " (give --collected-at or map collected_at: the ding preset's "
+                                      "30-day age rule is judged from it)"}
 SPILLED = IMAGES.append(pa.field(SEQ, pa.int64()))
 USER_IDS = pa.schema([pa.field("user_id", pa.string())])
 # What deduplication and the summary need of a partition, read before its rows.
@@ -57,6 +59,8 @@ class ArchiveConfig:
     """For tables (CSV/Parquet): field → column name, where a column is not named like its field."""
     originals: bool = True
     """Keep the original tweets that retweets embed (the retweets themselves are always dropped)."""
+    constants: dict[str, str] | None = None
+    """For tables: field → a value every row gets (`user_id` of a single-account export)."""
 
 
 def images_path(out: Path) -> Path:
@@ -72,8 +76,8 @@ def plan(config: ArchiveConfig) -> list[tuple[Path, str]]:
         parse_time(config.collected_at)
     except ValueError:
         raise FormatError(f"--collected-at: {config.collected_at!r} is not an ISO time") from None
-    if config.columns and config.format not in ("auto", "table"):
-        raise FormatError("--columns applies to tables (CSV/Parquet) only")
+    if (config.columns or config.constants) and config.format not in ("auto", "table"):
+        raise FormatError("--columns and --set apply to tables (CSV/Parquet) only")
     files = []
     for path in map(Path, config.paths):
         if not path.exists():
@@ -101,7 +105,7 @@ def read_inputs(files, config: ArchiveConfig, spill: Spill) -> tuple[list[dict],
     per_file, malformed, first_bad = [], 0, []
     bar = progress(unit=" rows", desc="ingest")
     for path, fmt in files:
-        counts = {"path": str(path), "format": fmt, "rows": 0, "malformed": 0}
+        counts = {"path": str(path), "format": fmt, "rows": 0, "malformed": 0, "counted": {}}
         rows: list[dict] = []
 
         def keep(table: pa.Table) -> None:
@@ -110,8 +114,12 @@ def read_inputs(files, config: ArchiveConfig, spill: Spill) -> tuple[list[dict],
             bar.update(table.num_rows)
 
         for item in READERS[fmt](path, collected_at, frozenset(config.media), columns=config.columns,
-                                 originals=config.originals):
-            if isinstance(item, pa.Table):
+                                 constants=config.constants, originals=config.originals):
+            if isinstance(item, Counted):
+                counts["counted"][item.reason] = counts["counted"].get(item.reason, 0) + item.count
+                log.warning("%s: %d row(s): %s%s", path, item.count, item.reason.replace("_", " "),
+                            WHY.get(item.reason, ""))
+            elif isinstance(item, pa.Table):
                 keep(item)
             elif isinstance(item, Malformed):
                 counts["malformed"] += 1
@@ -132,6 +140,15 @@ def read_inputs(files, config: ArchiveConfig, spill: Spill) -> tuple[list[dict],
     if malformed > MAX_LOGGED:
         log.warning("%d malformed records in all (the first %d are listed in the summary)", malformed, len(first_bad))
     return per_file, malformed, first_bad
+
+
+def totals(counts: list[dict]) -> dict:
+    """Per-reason counts of every file, summed."""
+    out: dict[str, int] = {}
+    for c in counts:
+        for reason, n in c.items():
+            out[reason] = out.get(reason, 0) + n
+    return out
 
 
 def deduplicated(spill: Spill, users: Spill, counts: dict) -> Iterator[pa.RecordBatch]:
@@ -203,6 +220,7 @@ def ingest_archive(config: ArchiveConfig) -> dict:
         "duplicates": spill.rows - counts["images"],
         "malformed": malformed,
         "malformed_lines": first_bad,
+        "counted": totals([f["counted"] for f in per_file]),
         "files": per_file,
         "seconds": round(time.perf_counter() - start, 3),
         "out": str(out),

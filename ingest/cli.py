@@ -8,7 +8,7 @@ from pathlib import Path
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.reader import READERS, FormatError
 from ingest.synthetic import SyntheticConfig, generate
-from ingest.table import parse_columns
+from ingest.table import parse_columns, parse_constants
 from shards.console import Parser, UserError, run_main
 
 
@@ -27,9 +27,23 @@ def build_parser(prog: str = "iipa ingest") -> Parser:
     p.add_argument("--max-tweets", type=int, help="stop after this many tweets (pages hold 10 or more)")
     p.add_argument("--all", action="store_true", help="full-archive search (search_all_tweets)")
     p.add_argument("--page-size", type=int, default=100, help="tweets per request (10..100, 500 with --all)")
-    p.add_argument("--out", required=True, type=Path, help="twarc2 JSONL file for the raw pages")
+    p.add_argument("--trending", type=Path, help="search the trends of this file (from `ingest trends`), one "
+                                                 "search per trend; --out is then a folder")
+    p.add_argument("--woeid", type=int, help="search the trends of this place now (1 = worldwide); --out is a folder")
+    _trend_filters(p)
+    p.add_argument("--out", required=True, type=Path,
+                   help="twarc2 JSONL file for the raw pages (with trends: a folder, one file per trend)")
     p.add_argument("--images", type=Path, help="also ingest the pages into this images table at the end")
     p.set_defaults(handler=_search)
+
+    p = sub.add_parser("trends", help="trending topics of a place (X API v2), to choose what to search",
+                       description="Fetch the trending topics of a place (GET /2/trends/by/woeid) with their "
+                                   "tweet counts, for `ingest search --trending`. The bearer token is read "
+                                   "from X_BEARER_TOKEN.")
+    p.add_argument("--woeid", type=int, required=True, help="Where On Earth ID of the place (1 = worldwide)")
+    _trend_filters(p)
+    p.add_argument("--out", required=True, type=Path, help="JSON file for the trends")
+    p.set_defaults(handler=_trends)
 
     p = sub.add_parser("archive", help="parse tweet archives into the images table (status pending)",
                        description="Parse tweet archives into the images table, one row per photo: twarc2 "
@@ -41,6 +55,9 @@ def build_parser(prog: str = "iipa ingest") -> Parser:
     p.add_argument("--columns", help="for tables: field=column,... (fields: tweet_id, user_id, created_at, url, "
                                      "text, hashtags, mentions, retweets, likes, replies, quotes, collected_at, "
                                      "media_key, is_retweet)")
+    p.add_argument("--set", action="append", dest="constants", metavar="FIELD=VALUE",
+                   help="for tables: a field every row gets as a constant (e.g. user_id=dog_rates for a "
+                        "single-account export); repeatable")
     p.add_argument("--collected-at", help="when the counts were read (ISO time), if the archive does not say")
     p.add_argument("--media", default="photo", help="media types to keep, comma-separated (photo,video,animated_gif)")
     p.add_argument("--no-originals", action="store_true", help="drop the originals that retweets embed, too")
@@ -57,13 +74,39 @@ def build_parser(prog: str = "iipa ingest") -> Parser:
     return parser
 
 
+def _trend_filters(p) -> None:
+    p.add_argument("--top", type=int, help="keep the first N trends (in X's order)")
+    p.add_argument("--hashtags-only", action="store_true", help="keep only the trends that are hashtags")
+
+
 def _search(args) -> int:
     from ingest.search import SearchConfig, search_tweets
 
     config = SearchConfig(out=args.out, hashtags=[t for t in args.hashtags.split(",") if t.strip()],
                           query=args.query, since=args.since, until=args.until, max_tweets=args.max_tweets,
                           full_archive=args.all, page_size=args.page_size, images=args.images)
-    print(json.dumps(search_tweets(config)))
+    trending = args.trending is not None or args.woeid is not None
+    if (args.top is not None or args.hashtags_only) and not trending:
+        raise UserError("--top and --hashtags-only choose among trends: give --trending FILE or --woeid N")
+    if not trending:
+        print(json.dumps(search_tweets(config)))
+        return 0
+    from ingest.trends import TrendsConfig, search_trending, trends_to_search
+
+    if args.trending is not None and args.woeid is not None:
+        raise UserError("give --trending FILE or --woeid N, not both")
+    if config.hashtags:
+        raise UserError("--hashtags and trends exclude each other (a --query is combined with each trend)")
+    trends = trends_to_search(args.out, args.trending, TrendsConfig(args.woeid or 1, top=args.top,
+                                                                    hashtags_only=args.hashtags_only))
+    print(json.dumps(search_trending(config, trends)))
+    return 0
+
+
+def _trends(args) -> int:
+    from ingest.trends import TrendsConfig, fetch_trends
+
+    print(json.dumps(fetch_trends(TrendsConfig(args.woeid, args.out, args.top, args.hashtags_only))))
     return 0
 
 
@@ -73,7 +116,8 @@ def _archive(args) -> int:
     if unknown or not media:
         raise UserError(f"--media: unknown type(s) {', '.join(unknown) or '(none)'}; choose photo, video, animated_gif")
     config = ArchiveConfig(paths=args.paths, out=args.out, format=args.format, collected_at=args.collected_at,
-                           media=media, columns=parse_columns(args.columns) or None, originals=not args.no_originals)
+                           media=media, columns=parse_columns(args.columns) or None,
+                           constants=parse_constants(args.constants) or None, originals=not args.no_originals)
     summary = ingest_archive(config)
     del summary["config"]
     print(json.dumps(summary))

@@ -40,6 +40,15 @@ class Malformed:
     reason: str
 
 
+@dataclass
+class Counted:
+    """Records of a file that a reader treated in a way worth counting (`reason`, how many):
+    summed per file and in all into the summary, and said on stderr."""
+
+    reason: str
+    count: int
+
+
 class FormatError(ValueError):
     """A whole file is unreadable or of no known format (a user's mistake: exit status 2)."""
 
@@ -68,6 +77,16 @@ def parse_time(value) -> datetime | None:
     except ValueError:
         parsed = datetime.strptime(text, "%a %b %d %H:%M:%S %z %Y")
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def is_naive(value) -> bool:
+    """Whether a time as written carries no zone (it is then read as UTC)."""
+    if value is None or value == "" or isinstance(value, datetime):
+        return isinstance(value, datetime) and value.tzinfo is None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).tzinfo is None
+    except ValueError:
+        return False
 
 
 def file_time(path: Path) -> datetime:

@@ -86,28 +86,52 @@ def scrub(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
+def our_page(line: bytes) -> dict | None:
+    """The page a line holds if it is one this command saved (a JSON page with our stamp), else None."""
+    try:
+        page = json.loads(line)
+    except ValueError:
+        return None
+    stamp = page.get("__twarc") if isinstance(page, dict) else None
+    return page if isinstance(stamp, dict) and str(stamp.get("version", "")).startswith("iipa") else None
+
+
 def read_progress(out: Path) -> tuple[int, str | None, bool]:
-    """(tweets saved, last next_token, finished) of an earlier run's output; a torn last line
-    (the process died while writing it) is cut off so the file ends with a whole page."""
+    """(tweets saved, last next_token, finished) of an earlier run's output.
+
+    Only our own pages are resumed: the one thing cut off is a torn last line (the process died
+    while writing it, so it has no newline and does not parse) after pages of ours. Any other
+    content means `--out` names someone else's file, which is refused and left untouched.
+    """
     if not out.exists():
         return 0, None, False
-    tweets, token, finished, good = 0, None, False, 0
+    if not out.is_file():
+        raise UserError(f"--out {out} is not a file (a search writes one JSONL file)")
+    tweets, token, finished, good, number = 0, None, False, 0, 0
     with open(out, "rb") as f:
-        for line in f:
-            try:
-                page = json.loads(line)
-            except ValueError:
-                break
+        for number, line in enumerate(f, 1):
+            page = our_page(line) if line.endswith(b"\n") else None
+            if page is None:
+                if not line.endswith(b"\n") and torn_tail(out, line, good):
+                    break
+                raise UserError(f"{out}: line {number} is not a search page saved by iipa; this file is not "
+                                "a search output of ours, so it is left as it is: choose another --out")
             good += len(line)
             data = page.get("data") or []
             tweets += len(data) if isinstance(data, list) else 1
             token = (page.get("meta") or {}).get("next_token")
             finished = token is None
     if good < out.stat().st_size:
-        log.warning("%s: dropping a partly written last line", out)
+        log.warning("%s: dropping a partly written last page (%d bytes)", out, out.stat().st_size - good)
         with open(out, "r+b") as f:
             f.truncate(good)
     return tweets, token, finished
+
+
+def torn_tail(out: Path, line: bytes, good: int) -> bool:
+    """Whether an unfinished last line is the start of a page of ours: after our pages, or as the
+    first line of a file whose search state we wrote (the state is written before any page)."""
+    return line.startswith(b"{") and (good > 0 or Path(str(out) + ".search.json").exists())
 
 
 def rate_limit_wait(headers, default: float) -> float:
@@ -118,7 +142,7 @@ def rate_limit_wait(headers, default: float) -> float:
     return max(0.0, float(reset) - time.time()) + 1.0
 
 
-def make_client(config: SearchConfig):
+def make_client():
     """A tweepy Client with the bearer token of the environment."""
     import tweepy
 
@@ -126,6 +150,14 @@ def make_client(config: SearchConfig):
     if not token:
         raise UserError(f"{TOKEN_ENV} is not set: export the bearer token of your X app")
     return tweepy.Client(bearer_token=token, wait_on_rate_limit=False)
+
+
+def prepared(client) -> tuple:
+    """(client, its bearer token): raw responses, and tweepy kept from logging the token."""
+    client.return_type = requests.Response  # raw pages and their rate-limit headers
+    # tweepy logs request headers (the token) at DEBUG: keep its logger above that.
+    logging.getLogger("tweepy").setLevel(max(logging.INFO, logging.getLogger("tweepy").level))
+    return client, getattr(client, "bearer_token", None)
 
 
 def check_resume(config: SearchConfig, params: dict) -> Path:
@@ -139,19 +171,16 @@ def check_resume(config: SearchConfig, params: dict) -> Path:
     return state
 
 
-def fetch_page(client, config: SearchConfig, params: dict, next_token: str | None, count: int):
-    """One search request, retried through rate limits and server errors; returns the response."""
+def with_retries(call, config):
+    """`call()` retried through rate limits (waiting for the reset) and server or connection
+    errors (with backoff); returns (its result, the rate-limit waits in seconds). `config` gives
+    `wait_scale`, `missing_reset_wait_s` and `max_retries`; other API errors propagate."""
     import tweepy
 
-    method = client.search_all_tweets if config.full_archive else client.search_recent_tweets
     retries, waits = 0, []
     while True:
         try:
-            response = method(params["query"], max_results=count, next_token=next_token,
-                              start_time=params["start_time"], end_time=params["end_time"],
-                              expansions=EXPANSIONS, tweet_fields=TWEET_FIELDS, media_fields=MEDIA_FIELDS,
-                              user_fields=USER_FIELDS)
-            return response, waits
+            return call(), waits
         except tweepy.TooManyRequests as exc:
             wait = rate_limit_wait(exc.response.headers, config.missing_reset_wait_s)
             log.warning("rate limit reached: waiting %.0f s for the reset", wait)
@@ -165,7 +194,16 @@ def fetch_page(client, config: SearchConfig, params: dict, next_token: str | Non
             time.sleep(2.0 ** retries * config.wait_scale)
 
 
-def api_error(exc, token: str | None) -> SearchError:
+def fetch_page(client, config: SearchConfig, params: dict, next_token: str | None, count: int):
+    """One search request, retried through rate limits and server errors; returns the response."""
+    method = client.search_all_tweets if config.full_archive else client.search_recent_tweets
+    return with_retries(lambda: method(params["query"], max_results=count, next_token=next_token,
+                                       start_time=params["start_time"], end_time=params["end_time"],
+                                       expansions=EXPANSIONS, tweet_fields=TWEET_FIELDS,
+                                       media_fields=MEDIA_FIELDS, user_fields=USER_FIELDS), config)
+
+
+def api_error(exc, token: str | None, what: str = "search") -> SearchError:
     """One clear line for an error status of the API (never naming the token)."""
     import tweepy
 
@@ -173,8 +211,8 @@ def api_error(exc, token: str | None) -> SearchError:
     if isinstance(exc, tweepy.Unauthorized):
         return SearchError(f"the X API rejected the bearer token in {TOKEN_ENV} (401: {detail})")
     if isinstance(exc, tweepy.Forbidden):
-        return SearchError(scrub(f"the X API refused this search for this token (403: {detail})", token))
-    return SearchError(scrub(f"the X API rejected the search ({exc.response.status_code}: {detail})", token))
+        return SearchError(scrub(f"the X API refused this {what} for this token (403: {detail})", token))
+    return SearchError(scrub(f"the X API rejected the {what} ({exc.response.status_code}: {detail})", token))
 
 
 def save_page(f, page: dict, url: str) -> None:
@@ -208,11 +246,7 @@ def search_tweets(config: SearchConfig, client=None) -> dict:
         raise UserError("--since must be before --until")
     params = {"query": build_query(config), "endpoint": "all" if config.full_archive else "recent",
               "start_time": start.isoformat() if start else None, "end_time": end.isoformat() if end else None}
-    client = client or make_client(config)
-    token = getattr(client, "bearer_token", None)
-    client.return_type = requests.Response  # raw pages and their rate-limit headers
-    # tweepy logs request headers (the token) at DEBUG: keep its logger above that.
-    logging.getLogger("tweepy").setLevel(max(logging.INFO, logging.getLogger("tweepy").level))
+    client, token = prepared(client or make_client())
     out = Path(config.out)
     state = check_resume(config, params)
     saved, next_token, finished = read_progress(out)

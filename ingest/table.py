@@ -16,10 +16,12 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from ingest.reader import (
+    Counted,
     FormatError,
     Malformed,
     caption_words,
     file_time,
+    is_naive,
     parse_time,
     photo_rows,
     tags_in,
@@ -46,6 +48,17 @@ def parse_columns(spec: str | None) -> dict[str, str]:
     return mapping
 
 
+def parse_constants(spec: list[str] | None) -> dict[str, str]:
+    """`--set field=value` (repeatable) as a dict: a field every row of a table gets as a constant."""
+    constants = {}
+    for part in spec or []:
+        field, sep, value = part.partition("=")
+        if not sep or not value or field not in FIELDS:
+            raise FormatError(f"--set: {part!r} is not field=value with a field of {', '.join(FIELDS)}")
+        constants[field] = value
+    return constants
+
+
 def _header(path: Path) -> list[str]:
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
@@ -60,14 +73,21 @@ def _delimiter(path: Path) -> str:
     return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-def resolve_columns(path: Path, columns: dict[str, str] | None) -> dict[str, str]:
-    """field → column of this file: the mapping given, else columns named like the fields."""
-    header = _header(path)
-    mapping = {f: (columns or {}).get(f, f) for f in FIELDS}
-    missing = [f"{f} (column {mapping[f]!r})" for f in REQUIRED if mapping[f] not in header]
+def resolve_columns(path: Path, columns: dict[str, str] | None, constants: dict | None = None) -> dict[str, str]:
+    """field → column of this file: the mapping given, else columns named like the fields
+    (fields set as constants need none). A table without any count cannot make a pair, so it
+    is refused here rather than by `pairs build` later."""
+    header, constants = _header(path), constants or {}
+    mapping = {f: (columns or {}).get(f, f) for f in FIELDS if f not in constants}
+    missing = [f"{f} (column {mapping[f]!r})" for f in REQUIRED if f in mapping and mapping[f] not in header]
     if missing:
-        raise FormatError(f"{path}: no column for {', '.join(missing)}; map them with --columns field=column")
-    return {f: c for f, c in mapping.items() if c in header}
+        raise FormatError(f"{path}: no column for {', '.join(missing)}; map them with --columns field=column "
+                          "or give a constant with --set field=value")
+    found = {f: c for f, c in mapping.items() if c in header}
+    if not ({"retweets", "likes"} & (set(found) | set(constants))):
+        raise FormatError(f"{path}: no count column: neither retweets (column {mapping['retweets']!r}) nor likes "
+                          f"(column {mapping['likes']!r}); map one with --columns retweets=...,likes=...")
+    return found
 
 
 def batches(path: Path, columns: list[str]) -> Iterator[list[dict]]:
@@ -101,9 +121,9 @@ def _truthy(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "t", "y")
 
 
-def table_row(record: dict, fields: dict[str, str], collected_at) -> list[dict]:
+def table_row(record: dict, fields: dict[str, str], collected_at, constants: dict | None = None) -> list[dict]:
     """Rows of one table record (one tweet)."""
-    get = {f: record.get(c) for f, c in fields.items()}
+    get = {**{f: record.get(c) for f, c in fields.items()}, **(constants or {})}
     text = get.get("text") or ""
     if text.startswith("RT @") or _truthy(get.get("is_retweet")):
         return []
@@ -132,20 +152,30 @@ def table_row(record: dict, fields: dict[str, str], collected_at) -> list[dict]:
 
 
 def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo"}), columns=None,
-                    **_) -> Iterator[dict | Malformed]:
-    """Rows of a CSV/TSV or Parquet table; `columns` maps fields to the file's column names."""
+                    constants=None, **_) -> Iterator[dict | Malformed | Counted]:
+    """Rows of a CSV/TSV or Parquet table; `columns` maps fields to the file's column names and
+    `constants` gives fields every row shares. Times without a zone (read as UTC) and rows whose
+    `collected_at` is the file's time are counted, not silent."""
     path = Path(path)
-    fields = resolve_columns(path, columns)
+    fields = resolve_columns(path, columns, constants)
     when = collected_at or file_time(path)
     first = 2 if path.suffix.lower() in (".csv", ".tsv") else 1  # CSV data starts below its header
-    number = first
+    number, naive, from_file = first, 0, 0
     try:
         for batch in batches(path, sorted(set(fields.values()))):
             for record in batch:
                 try:
-                    yield from table_row(record, fields, when)
+                    rows = table_row(record, fields, when, constants)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+                    rows = [Malformed(str(path), number, f"{type(exc).__name__}: {exc}")]
+                else:
+                    naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
+                    from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
+                yield from rows
                 number += 1
     except (pa.ArrowInvalid, OSError) as exc:
         raise FormatError(f"{path}: not a readable table ({exc})") from exc
+    if naive:
+        yield Counted("created_at_without_zone_read_as_utc", naive)
+    if from_file:
+        yield Counted("collected_at_from_file_time", from_file)

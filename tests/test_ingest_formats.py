@@ -317,3 +317,17 @@ def test_unreadable_and_unknown_inputs_are_one_line(tmp_path):
     with pytest.raises(FormatError, match="not an ISO time"):
         ingest_archive(ArchiveConfig([tmp_path / "notes.txt"], tmp_path / "o.parquet", collected_at="soon"))
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_table_constants_missing_counts_and_file_time_are_said(tmp_path):
+    from ingest.archive import ArchiveConfig, ingest_archive
+    from ingest.reader import FormatError
+
+    csv_file = tmp_path / "dog_rates.csv"
+    csv_file.write_text("tweet_id,created_at,url,likes\n1,2020-01-01 10:00:00,https://x/a.jpg,5\n")
+    summary = ingest_archive(ArchiveConfig([csv_file], tmp_path / "i.parquet", constants={"user_id": "dog_rates"}))
+    assert summary["images"] == 1 and summary["counted"] == {
+        "created_at_without_zone_read_as_utc": 1, "collected_at_from_file_time": 1}
+    csv_file.write_text("tweet_id,created_at,url\n1,2020-01-01,https://x/a.jpg\n")
+    with pytest.raises(FormatError, match="no count column"):
+        ingest_archive(ArchiveConfig([csv_file], tmp_path / "j.parquet", constants={"user_id": "dog_rates"}))

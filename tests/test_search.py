@@ -19,6 +19,7 @@ from requests.structures import CaseInsensitiveDict
 
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.search import SearchConfig, SearchError, build_query, search_tweets
+from ingest.trends import TrendsConfig, fetch_trends, search_trending, trends_to_search
 from shards.console import UserError
 from shards.schema import read_table
 from tests.conftest import run_iipa
@@ -195,3 +196,128 @@ def test_cli_without_a_token_says_so(tmp_path):
     expected = "iipa ingest: error: X_BEARER_TOKEN is not set: export the bearer token of your X app"
     assert result.stderr.strip().splitlines() == [expected]
     assert not (tmp_path / "raw.jsonl").exists()
+
+
+# ---- trends: GET /2/trends/by/woeid/:woeid through the same client, then one search per trend ----
+
+TRENDS = "x-api-v2-trends/trends_by_woeid_26062.json"
+
+
+@pytest.fixture(scope="module")
+def trends_body(realdata):
+    return json.loads((realdata / TRENDS).read_text())
+
+
+def test_trends_keep_names_and_counts_and_filter(trends_body, tmp_path):
+    calls = []
+
+    def handler(params, n):
+        calls.append(n)
+        if n == 1:  # one rate limit first, with its reset header
+            return 429, {"x-rate-limit-reset": str(int(time.time()) + 5)}, {"title": "Too Many Requests"}
+        return 200, {}, trends_body
+
+    client, replay = client_for(handler)
+    result = fetch_trends(TrendsConfig(26062, tmp_path / "trends.json", top=3, wait_scale=0.001), client)
+    request, params = replay.seen[-1]
+    assert urllib.parse.urlsplit(request.url).path == "/2/trends/by/woeid/26062"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}" and params["trend.fields"] == "trend_name,tweet_count"
+    assert len(calls) == 2 and len(result["rate_limit_waits"]) == 1
+    saved = json.loads((tmp_path / "trends.json").read_text())
+    assert saved["trends"] == trends_body["data"][:3]  # X's order, names with their counts
+    assert saved["received"] == 8 and saved["dropped"]["beyond_top"] == 5
+    assert TOKEN not in (tmp_path / "trends.json").read_text()
+
+    # the documented example holds no hashtag at all: --hashtags-only keeps nothing, and says why
+    client, _ = client_for(lambda params, n: (200, {}, trends_body))
+    result = fetch_trends(TrendsConfig(26062, hashtags_only=True), client)
+    assert result["trends"] == [] and result["dropped"]["not_hashtag"] == 8
+
+
+def trend_api(pages, interrupt=None):
+    """Search replies per query: the hashtag trend pages through all three pages, the phrase gets one."""
+    tokens = {None: 0, pages[0]["meta"]["next_token"]: 1, pages[1]["meta"]["next_token"]: 2}
+
+    def handler(params, n):
+        if interrupt and interrupt(params):
+            raise Interrupted()
+        if params["query"].startswith("#NYC"):
+            return 200, {}, pages[tokens[params.get("next_token")]]
+        return 200, {}, pages[2]
+
+    return handler
+
+
+def test_search_trending_one_resumable_search_per_trend(pages, trends_body, tmp_path):
+    # a hashtag trend beside the documented (non-hashtag) ones, in the endpoint's own shape
+    body = {"data": [{"trend_name": "#NYC", "tweet_count": 9100}, *trends_body["data"][4:6]]}
+    (tmp_path / "trends.json").write_text(json.dumps(body))
+    out = tmp_path / "raw"
+    second_page = lambda params: params.get("next_token") == pages[1]["meta"]["next_token"]
+    client, _ = client_for(trend_api(pages, interrupt=second_page))
+    cfg = SearchConfig(out=out, wait_scale=0.001)
+    trends = trends_to_search(out, tmp_path / "trends.json", TrendsConfig(1, top=2))
+    with pytest.raises(Interrupted):
+        search_trending(cfg, trends, client)
+
+    client, replay = client_for(trend_api(pages))
+    summary = search_trending(cfg, None, client)  # a rerun continues the folder's own trends
+    queries = [(p["query"], p.get("next_token")) for _, p in replay.seen]
+    assert queries == [("#NYC -is:retweet has:images", pages[1]["meta"]["next_token"]),
+                       ('"St James" -is:retweet has:images', None)]  # a phrase, quoted
+    assert [t["trend"] for t in summary["trends"]] == ["#NYC", "St James"] and summary["finished"]
+    assert summary["trends"][0]["tweets"] == 29 and summary["trends"][1]["tweets"] == len(pages[2]["data"])
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".jsonl") == ["00-nyc.jsonl", "01-st-james.jsonl"]
+
+    with pytest.raises(UserError, match="other trends"):  # the folder stays with its own trends
+        search_trending(cfg, {"trends": [{"trend_name": "#cats"}]}, client)
+
+
+def test_cli_trend_flags_without_trends_and_trends_without_token(tmp_path):
+    result = run_iipa("ingest", "search", "--hashtags", "cats", "--top", "3", "--out", str(tmp_path / "raw"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "iipa ingest: error: --top and --hashtags-only choose among trends: give --trending FILE or --woeid N"]
+    result = run_iipa("ingest", "trends", "--woeid", "1", "--out", str(tmp_path / "t.json"), env={"X_BEARER_TOKEN": ""})
+    assert result.returncode == 2 and "X_BEARER_TOKEN is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- an existing --out: only a torn last page of our own is ever cut off ----
+
+
+def test_an_output_that_is_not_ours_survives_byte_for_byte(pages, tmp_path):
+    client, _ = client_for(api(pages, rate_limited=False))
+    raw = tmp_path / "raw.jsonl"
+    csv_file = tmp_path / "tweets.csv"
+    csv_file.write_bytes(b"tweet_id,user_id,created_at,url\n1,2,2024-01-01,https://x/a.jpg")
+    # someone's own pages (no iipa stamp) followed by a line that is not JSON
+    foreign = b"".join(json.dumps(p).encode() + b"\n" for p in pages) + b"not json\n"
+    raw.write_bytes(foreign)
+    for path, before in ((csv_file, csv_file.read_bytes()), (raw, foreign)):
+        with pytest.raises(UserError, match="not a search page saved by iipa"):
+            search_tweets(SearchConfig(out=path, hashtags=["NYC", "#photo"], wait_scale=0.001), client)
+        assert path.read_bytes() == before
+        assert not (tmp_path / (path.name + ".search.json")).exists()
+
+
+def test_our_pages_then_foreign_content_is_refused_untouched(pages, tmp_path):
+    client, _ = client_for(api(pages, rate_limited=False))
+    raw = tmp_path / "raw.jsonl"
+    search_tweets(config(tmp_path, max_tweets=12), client)  # two pages of ours
+    with open(raw, "ab") as f:
+        f.write(b"id,text\n1,hello\n")  # then something else appended by mistake
+    before = raw.read_bytes()
+    with pytest.raises(UserError, match="line 3 is not a search page"):
+        search_tweets(config(tmp_path, max_tweets=100), client)
+    assert raw.read_bytes() == before
+
+
+def test_a_torn_last_page_of_ours_is_the_only_thing_dropped(pages, tmp_path):
+    client, _ = client_for(api(pages, rate_limited=False))
+    raw = tmp_path / "raw.jsonl"
+    search_tweets(config(tmp_path, max_tweets=12), client)
+    whole = raw.read_bytes()
+    raw.write_bytes(whole + json.dumps(pages[2]).encode()[:200])  # died while writing page 3
+    client, replay = client_for(api(pages, rate_limited=False))
+    summary = search_tweets(config(tmp_path, max_tweets=100), client)
+    assert summary["finished"] and summary["tweets"] == 29 and len(replay.seen) == 1
+    assert raw.read_bytes().startswith(whole) and len(raw.read_bytes().splitlines()) == 3
