@@ -37,3 +37,15 @@ def test_mistakes_are_one_line_with_exit_status_2(args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_train_help_imports_neither_torch_nor_ray():
+    """`iipa train --help` answers at once: the CLI module imports nothing heavy until a run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cluster.cli import main\n"
+            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('torch', 'torchvision', 'ray') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "--batch-pairs" in out.stdout and "HEAVY []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

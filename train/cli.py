@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from shards.console import Parser, UserError, run_main
-from train.config import TrainConfig
-from train.model import ARCHS
+from train.config import ARCHS, TrainConfig
 
 # flag → (section, field); each flag overrides the YAML file, which overrides the defaults.
 FLAGS = {

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+# The torchvision ResNets a run may use; here, not in train.model, so the CLI lists them without torch.
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+from train.config import ARCHS
 
 
 def build_model(arch: str = "resnet50") -> torch.nn.Module:
