@@ -113,31 +113,18 @@ class ShardIndex:
         """Every key as a NumPy array of str (small tools only: a Python object per key)."""
         return self.key_array.to_numpy(zero_copy_only=False)
 
-    @property
-    def shards(self) -> np.ndarray:
-        """Shard file name of every row (small tools only)."""
-        return self.shard_names[self.shard]
-
     @cached_property
     def _row(self) -> dict[str, int]:
         # Built only for the scalar look-ups of small tools and tests; the trainer never asks.
         return {k: i for i, k in enumerate(self.key_array.to_pylist())}
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._row
-
     def both_present(self, hi, lo) -> np.ndarray:
         """Mask of the pairs (hi[i], lo[i]) whose two images were sharded successfully."""
-        return (self.rows(hi) >= 0) & (self.rows(lo) >= 0)
+        rows = self.rows(np.concatenate([hi, lo]))  # one lookup: the index's hash table is built per call
+        return (rows[:len(hi)] >= 0) & (rows[len(hi):] >= 0)
 
     def locate_row(self, row: int) -> Location:
         return Location(self.shard_names[self.shard[row]], int(self.offsets[row]), int(self.sizes[row]))
-
-    def locate(self, key: str) -> Location:
-        return self.locate_row(self._row[key])
-
-    def shard_of(self, keys) -> np.ndarray:
-        return self.shard_names[self.shard[self.rows(keys)]]
 
     def read_shard(self, shard: str) -> bytes:
         return (self.dir / shard).read_bytes()
