@@ -10,7 +10,7 @@ sliced in memory.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -274,6 +274,17 @@ def resolve_pairs(pairs_file: str | Path, index: ShardIndex, cache: bool = True)
     except OSError as exc:  # a read-only pairs folder: run without the cache
         log.warning("cannot write the pair cache %s (%s); resolving again next time", path, exc)
     return resolved
+
+
+def resolve_in_background(shards_dir: str | Path, pairs_files: list[Path]) -> Future:
+    """Resolve the manifests into their caches on a thread, so that a trainer's imports and model
+    set-up (Python, holding the GIL) overlap the resolution (NumPy and Arrow, releasing it). The
+    Future's result is None, or the first error, re-raised where the trainer waits for it."""
+    index = ShardIndex(shards_dir)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="resolve-pairs")
+    future = pool.submit(lambda: [resolve_pairs(f, index) for f in pairs_files if f.exists()] and None)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _resolve(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from shards.locate import ShardIndex, key_parts, resolve_pairs
-from shards.schema import read_table
+from shards.locate import ShardIndex, key_parts, resolve_in_background, resolve_pairs
+from shards.schema import SchemaError, read_table
 from tests.conftest import jpeg_bytes, photo_arrays
 from train.config import DataConfig
 from train.data import load_pairs
@@ -157,3 +157,15 @@ def test_rows_through_many_partitions_match_a_dictionary(tmp_path, monkeypatch):
     ok = [r for r in read_table(root / "shards", "images").to_pylist() if r["status"] == "ok"]
     assert {index.key(i): (index.locate_row(i).shard, index.locate_row(i).offset) for i in range(len(index))} \
         == {r["key"]: (r["shard"], r["offset"]) for r in ok}
+
+
+def test_background_resolution_writes_the_caches_and_reraises_errors(dataset):
+    pairs = dataset / "pairs"
+    resolve_in_background(dataset / "shards", [pairs / "train.parquet", pairs / "val.parquet"]).result()
+    assert (pairs / ".train.resolved").is_file() and (pairs / ".val.resolved").is_file()
+    index = ShardIndex(dataset / "shards")
+    assert resolved_pairs(load_pairs(pairs / "train.parquet", index)) == expected_pairs(dataset)
+    assert "key_array" not in vars(index)  # what the trainer then loads is the mapped cache
+    (pairs / "val.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SchemaError, match="not a readable Parquet file"):
+        resolve_in_background(dataset / "shards", [pairs / "val.parquet"]).result()
