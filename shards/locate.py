@@ -110,16 +110,16 @@ class ShardIndex:
         grouped = keys.take(pa.array(order))
         starts = np.searchsorted(part[order], np.arange(parts + 1))
 
-        def lookup(p: int) -> np.ndarray:
+        rows = np.empty(len(keys), dtype=np.int64)
+
+        def lookup(p: int) -> None:
             first, end = int(self.part_bounds[p]), int(self.part_bounds[p + 1])
             found = pc.index_in(grouped.slice(starts[p], starts[p + 1] - starts[p]),
                                 value_set=self.key_array.slice(first, end - first))
-            return np.where(pc.is_valid(found).to_numpy(zero_copy_only=False),
-                            pc.fill_null(found, 0).to_numpy() + first, -1)
+            rows[order[starts[p]:starts[p + 1]]] = pc.fill_null(pc.add(found, first), -1).to_numpy()
 
-        rows = np.empty(len(keys), dtype=np.int64)
         with ThreadPoolExecutor(min(parts, len(os.sched_getaffinity(0)), 8)) as pool:
-            rows[order] = np.concatenate(list(pool.map(lookup, range(parts))) or [np.empty(0, np.int64)])
+            list(pool.map(lookup, range(parts)))
         return rows
 
     def _rows_of_few(self, keys: pa.Array) -> np.ndarray:
@@ -290,7 +290,7 @@ def resolve_in_background(shards_dir: str | Path, pairs_files: list[Path]) -> Fu
 def _resolve(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:
     table = read_columns(pairs_file, "pairs", ["hi_key", "lo_key"])
     n = table.num_rows
-    # One lookup for both columns: Arrow builds the hash table of the images' keys per call.
+    # One lookup for both columns: Arrow builds the hash tables of the images' keys per call.
     rows = index.rows(pa.chunked_array(table.column("hi_key").chunks + table.column("lo_key").chunks))
     hi, lo = rows[:n], rows[n:]
     present = (hi >= 0) & (lo >= 0)
