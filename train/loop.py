@@ -288,9 +288,9 @@ class Trainer:
                 last_of_epoch = epoch_step + 1 == self.steps
                 if step % run.val_every == 0 or self.is_done(step) or (last_of_epoch and epoch + 1 == run.epochs):
                     last = self.validate(step, epoch)
+                if last_of_epoch:
+                    self.scheduler.step()  # × lr_decay once an epoch, before the epoch's checkpoint records it
                 if step % run.ckpt_every == 0 or self.is_done(step) or last_of_epoch:
-                    if last_of_epoch:
-                        self.scheduler.step()
                     position = (epoch + 1, 0) if last_of_epoch else (epoch, epoch_step + 1)
                     checkpoint(self.raw_model, self.optimizer, self.scheduler, self.config, self.world, step,
                                *position, self.steps)
