@@ -76,7 +76,9 @@ def test_two_nodes_restart_in_place_after_a_rank_dies(train_dataset, tmp_path):
         deadline = time.time() + 300
         while not (out / "state.pt").exists() and time.time() < deadline and all(p.poll() is None for p in nodes):
             time.sleep(0.2)
-        os.kill(rank_pid(1, out), signal.SIGKILL)
+        victim = rank_pid(1, out)
+        assert victim is not None, "rank 1 never started: " + "".join(log.read_text() for log in logs)[-3000:]
+        os.kill(victim, signal.SIGKILL)
         codes = [p.wait(timeout=300) for p in nodes]
     finally:
         for p in nodes:

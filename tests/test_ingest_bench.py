@@ -23,9 +23,8 @@ def test_ingest_parse_bench_quick(tmp_path):
     # peak memory at two archive sizes at least, and how much it grew from the smallest to the largest
     peaks = {int(n): mb for n, mb in result["memory_flat"]["twarc2_peak_rss_mb"].items()}
     assert len(peaks) >= 2 and max(peaks) == result["tweets"] and all(mb > 0 for mb in peaks.values())
-    assert result["memory_growth"] == round(peaks[max(peaks)] / peaks[min(peaks)], 3)
     table = read_table(tmp_path / "out" / "twarc2.parquet", "images")
     other = read_table(tmp_path / "out" / "v1.parquet", "images")
     assert sorted(table.column("key").to_pylist()) == sorted(other.column("key").to_pylist())
-    assert json.dumps(result)  # printable as JSON
+    assert json.loads(json.dumps(result)) == result  # plain JSON values only: no NumPy scalars, no NaN
     assert pq.ParquetFile(tmp_path / "out" / "table.parquet").metadata.num_rows == table.num_rows

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_iipa
+from tests.conftest import run_iipa
 
 from shards.schema import write_table
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import run_iipa
+from tests.conftest import run_iipa
 from shards.console import UserError
 from shards.fetch import FetchConfig, fetch, http_client
 from shards.schema import SchemaError, read_table, write_table

@@ -18,7 +18,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from conftest import Routes, jpeg_bytes, photo_arrays, run_iipa
+from tests.conftest import Routes, jpeg_bytes, photo_arrays, run_iipa
 from shards.build import BuildConfig, build_shards
 from shards.dali_index import index_shards
 from shards.fetch import FetchConfig

@@ -4,7 +4,7 @@ import http.server
 import threading
 import time
 
-from conftest import Routes
+from tests.conftest import Routes
 from shards.fetch import FetchConfig, fetch, host_allowed, http_client, retry_delay, x_media_url
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from conftest import REPO
+from tests.conftest import REPO
 from shards.schema import read_table, write_table
 from shards.verify import verify_shards
 
@@ -53,7 +53,12 @@ def test_sigkill_mid_build_then_resume(ray_local, http_server, photos, tmp_path)
     assert 2 <= len(finished) < total, "the kill should land mid-way"
     assert not (shards / "manifest.json").exists()
 
-    time.sleep(1.0)  # let Ray reap the killed driver's actors
+    # Ray reaps the killed driver's actors once it notices: their CPUs come back, then no stray
+    # fetch of theirs can be counted as the rerun's.
+    deadline = time.monotonic() + 60
+    while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, "the killed build's actors were never released"
+        time.sleep(0.05)
     before = sum(hits.values())
     done = subprocess.run(build_cmd(tmp_path, address), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
