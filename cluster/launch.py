@@ -101,12 +101,17 @@ def slurm_script(config: LaunchConfig) -> str:
     ])
 
 
+def node_env(config: LaunchConfig) -> dict[str, str]:
+    """launch_env as this node runs it: what its own environment sets wins."""
+    return {name: os.environ.get(name, value) for name, value in launch_env(config).items()}
+
+
 def run_torchrun(config: LaunchConfig, dry_run: bool) -> int:
-    cmd = torchrun_command(config)
-    print(shlex.join(cmd))
+    cmd, env = torchrun_command(config), node_env(config)
+    print(shlex.join(["env", *(f"{name}={value}" for name, value in env.items()), *cmd]))  # runnable as printed
     if dry_run:
         return 0
-    return subprocess.call(cmd, env={**launch_env(config), **os.environ})
+    return subprocess.call(cmd, env={**os.environ, **env})
 
 
 def run_slurm(config: LaunchConfig, dry_run: bool) -> int:

@@ -99,6 +99,8 @@ def test_launch_dry_runs_print_what_would_run(tmp_path):
     assert all(f in result.stdout for f in ("--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d",
                                             "--rdzv-endpoint=head:29400", "--rdzv-id=r1", "--max-restarts=3",
                                             "-m train --shards /s --pairs /p"))
+    # The printed line runs what the launcher runs, environment included.
+    assert result.stdout.startswith("env OMP_NUM_THREADS=8 TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 ")
     script = tmp_path / "job.sbatch"
     result = run_iipa(*args, "--scheduler", "slurm", "--slurm-script", str(script), "--dry-run", "--", "--out", "/r")
     assert result.returncode == 0, result.stderr

@@ -36,7 +36,8 @@ def build_parser(prog: str = "iipa train") -> Parser:
     p.add_argument("--out", type=Path, help="run folder")
     p.add_argument("--arch", choices=ARCHS, help="torchvision ResNet (default resnet50)")
     p.add_argument("--init", help="random, imagenet:PATH, iipa:PATH or an earlier RUN folder")
-    p.add_argument("--backend", help="decoding backend: auto, dali, torch")
+    p.add_argument("--backend", help="decoding backend: auto (DALI, then nvJPEG on a GPU; Pillow on the CPU), "
+                                      "dali, nvjpeg, torch")
     p.add_argument("--decode-device", choices=["auto", "mixed", "cpu"], help="where DALI decodes")
     p.add_argument("--resize", type=int, help="shorter side after resizing (default 256)")
     p.add_argument("--crop", type=int, help="square crop fed to the model (default 224)")

@@ -24,7 +24,7 @@ class DataConfig:
     pairs: Path = Path("pairs")
     """Pairs folder with train.parquet and val.parquet."""
     backend: str = "auto"
-    """Decoding backend: auto, dali, torch (see train.data.BACKENDS)."""
+    """Decoding backend: auto, dali, nvjpeg, torch (see train.decode.BACKENDS)."""
     decode_device: str = "auto"
     """Where DALI decodes: auto (mixed on a GPU, cpu otherwise), mixed, or cpu."""
     resize: int = 256
