@@ -1,6 +1,7 @@
 """The package as users install it: a wheel built from this tree, installed into a fresh venv
 outside it, runs `iipa` (bench included) and a small real job from the installed files alone."""
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,8 +18,12 @@ def installed(tmp_path_factory) -> Path:
     """bin/ of a fresh venv holding the wheel (no dependencies: those of this venv are lent to it
     through a .pth file, so nothing is downloaded and the source tree is not on the path)."""
     root = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools writes build/ and egg-info into the tree it builds.
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__",
+                                                                 ".pytest_cache", ".hypothesis", "demo", "out"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(root / "dist"), str(REPO)], check=True, cwd=root)
+                    "-w", str(root / "dist"), str(source)], check=True, cwd=root)
     env_dir = root / "env"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
