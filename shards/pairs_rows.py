@@ -12,7 +12,7 @@ from scipy.special import ndtr
 
 from shards.console import UserError
 from shards.pairs_config import NEEDED, PairsConfig
-from shards.schema import IMAGES, OK, PENDING, SCHEMA_VERSION, VERSION_KEY, SchemaError, conform, parquet_files
+from shards.schema import IMAGES, OK, PENDING, SchemaError, check_version, conform, parquet_files
 
 
 # ---------------------------------------------------------------- hashing and the Thurstone model
@@ -161,7 +161,6 @@ def read_images(path, config: PairsConfig | None = None) -> pa.Table:
     for file in parquet_files(path):
         try:
             parquet = pq.ParquetFile(file, read_dictionary=_coded_columns(pq.read_schema(file)))
-            version = (parquet.schema_arrow.metadata or {}).get(VERSION_KEY)
             names = [n for n in NEEDED if n in parquet.schema_arrow.names]
             if not _has_nulls(parquet, "media_key") and "url" in names:
                 names.remove("url")
@@ -172,8 +171,7 @@ def read_images(path, config: PairsConfig | None = None) -> pa.Table:
             table = pa.concat_tables(groups) if groups else parquet.read(columns=names)
         except (pa.ArrowInvalid, OSError) as exc:
             raise SchemaError(f"{file}: not a readable Parquet file ({exc})") from exc
-        if version is not None and int(version) != SCHEMA_VERSION:
-            raise SchemaError(f"{file}: schema version {int(version)}, this iipa reads version {SCHEMA_VERSION}")
+        check_version(parquet.schema_arrow.metadata, file)
         tables.append(pa.table({name: _conform_column(table, name, file) for name in NEEDED}))
     return pa.concat_tables(tables, promote_options="permissive")
 
