@@ -44,3 +44,17 @@ def test_other_schema_version_is_refused(tmp_path):
     pq.write_table(table, tmp_path / "p.parquet")
     with pytest.raises(SchemaError, match="version 99"):
         read_table(tmp_path / "p.parquet", "pairs")
+
+
+def test_the_pair_builder_refuses_another_schema_version_too(tmp_path):
+    """The pair builder reads the images table with its own column reader; the same check holds."""
+    from datetime import datetime, timezone
+
+    from shards.pairs_rows import read_images
+
+    row = {"key": "1_0", "tweet_id": "1", "user_id": "u", "created_at": datetime(2026, 1, 1, tzinfo=timezone.utc),
+           "status": "pending", "url": "https://pbs.twimg.com/media/a.jpg", "retweets": 1, "likes": 2}
+    table = conform(pa.Table.from_pylist([row]), IMAGES, "images").replace_schema_metadata({b"iipa.schema": b"99"})
+    pq.write_table(table, tmp_path / "images.parquet")
+    with pytest.raises(SchemaError, match="version 99"):
+        read_images(tmp_path / "images.parquet")
