@@ -17,9 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.console import UserError
+from shards.dali_index import write_index
 from shards.fetch import FetchConfig, fetch, http_client
 from shards.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
 from shards.resize import RESAMPLE, ResizeConfig, resize_image
+from shards.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
 from shards.schema import IMAGES, OK, conform, read_table
 from shards.writer import ShardWriter, is_complete, remove_stale, shard_name
 
@@ -53,6 +55,10 @@ class BuildConfig:
     """Shard file names are {prefix}-{NNNNNN}.tar."""
     retries: int = 1
     """Times a shard is retried on a fresh actor after its actor died (a crash in a decoder)."""
+    retry_failed: bool = False
+    """Also fetch again the rows of finished shards whose status is one of `retry_statuses`."""
+    retry_statuses: tuple[str, ...] = TRANSIENT
+    """Statuses worth another try (`http_5xx`: every 5NN)."""
     fetch: FetchConfig = field(default_factory=FetchConfig)
     """How images are downloaded."""
     resize: ResizeConfig = field(default_factory=ResizeConfig)
@@ -69,6 +75,7 @@ def validate(config: BuildConfig) -> None:
         raise UserError(f"unknown resampling filter {config.resize.resample!r}; choose from {', '.join(RESAMPLE)}")
     if config.fetch.timeout <= 0 or config.fetch.retries < 0:
         raise UserError("--timeout must be > 0 and --fetch-retries ≥ 0")
+    status_patterns(config.retry_statuses)
     for root in config.fetch.allow_local:
         if not Path(root).is_dir():
             raise UserError(f"--allow-local {root}: no such folder")
@@ -112,13 +119,17 @@ def process_row(row: dict, client, config: BuildConfig) -> tuple[dict, bytes | N
             "sha1": sha1(resized.data).hexdigest()}, resized.data
 
 
-def write_shard(out: Path, name: str, results) -> dict:
+def write_shard(out: Path, name: str, results, keep: int = 0) -> dict:
     """Write (row, jpeg) results in order into one complete shard; return its summary.
-    The rows of failures go into the Parquet slice only."""
-    writer = ShardWriter(out, name)
+    The rows of failures go into the Parquet slice only. A row whose jpeg is KEPT is already
+    in the first `keep` bytes of the shard's tar, which the new tar starts with (a retry)."""
+    writer = ShardWriter(out, name, keep)
     done = []
     try:
         for row, jpeg in results:
+            if jpeg is KEPT:
+                done.append(row)
+                continue
             row = {**row, "shard": None, "offset": None, "size": None}
             if jpeg is not None:
                 row["offset"], row["size"] = writer.add(row["key"], jpeg, {k: row.get(k) for k in META_COLUMNS})
@@ -129,6 +140,9 @@ def write_shard(out: Path, name: str, results) -> dict:
         writer.abort()
         raise
     return {"name": name, "rows": len(done), "ok": sum(r["status"] == OK for r in done)}
+
+
+KEPT = object()  # write_shard: this row's sample stays where it is in the tar
 
 
 class ShardWorker:
@@ -153,6 +167,42 @@ class ShardWorker:
             return {"name": name, "rows": rows.num_rows, "ok": 0, "node": node,
                     "error": f"{type(exc).__name__}: {exc}"}
 
+    def retry(self, job: tuple[str, pa.Table]) -> dict:
+        """Fetch a complete shard's retryable rows again and write it anew, its other rows as
+        they were (see shards.retry); the summary counts the rows recovered."""
+        name, rows = job
+        out = Path(self.config.out)
+        try:
+            again = to_retry(rows.column("status"), status_patterns(self.config.retry_statuses))
+            keep = kept_bytes(out / f"{name}.tar", rows)
+            fetched = iter(self.pool.map(lambda r: process_row(r, self.client, self.config),
+                                         rows.filter(pa.array(again)).to_pylist()))
+            results = (next(fetched) if retry else (row, KEPT) for row, retry in zip(rows.to_pylist(), again))
+            was_ok = int(pc.sum(pc.equal(rows.column("status"), OK)).as_py() or 0)
+            summary = write_shard(out, name, results, keep)
+            if (out / f"{name}.idx").exists():  # the old index lists only the kept samples: still true, not whole
+                write_index(out / f"{name}.tar")
+            return {**summary, "retried": int(again.sum()), "recovered": summary["ok"] - was_ok}
+        except Exception as exc:  # the shard stays as it was
+            return {"name": name, "rows": rows.num_rows, "ok": 0, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def retry_failed_rows(config: BuildConfig, n_rows: int, just_built: set[str], settings: dict) -> list[dict]:
+    """Retry the transient failures of the shards that were complete before this run; the
+    manifest follows each retried shard as it is written."""
+    out = Path(config.out)
+    names = [shard_name(config.prefix, i) for i in range(-(-n_rows // config.shard_size))]
+    jobs = plan_retries(out, [n for n in names if n not in just_built], status_patterns(config.retry_statuses))
+    log.info("%d shard(s) with rows to retry", len(jobs))
+    if not jobs:
+        return []
+    start_ray(config.ray_address)
+    if not (out / "manifest.json").exists():  # a build killed before its manifest: write it first
+        write_manifest(out, config.prefix, settings)
+    keep = lambda job, err: {"name": job[0], "rows": job[1].num_rows, "ok": 0, "error": f"left as it was: {err}"}
+    return run_pool(ShardWorker, (config,), "retry", jobs, config.workers, config.cpus_per_worker, config.retries,
+                    on_dead=keep, on_result=lambda r: write_manifest(out, config.prefix, settings, [r["name"]]))
+
 
 def build_shards(config: BuildConfig) -> dict:
     """Build (or resume building) every shard, then the manifest; return the manifest."""
@@ -173,8 +223,14 @@ def build_shards(config: BuildConfig) -> dict:
                            config.retries, on_dead=lambda job, err: fail_shard(out, job, "worker_died", err))
         failed = [r for r in results if "error" in r]
         nodes = {r["node"] for r in results if r.get("node")}
-    manifest = write_manifest(out, config.prefix, {"resize": asdict(config.resize), "shard_size": config.shard_size,
-                                                    "remote_size": config.fetch.remote_size})
+    settings = {"resize": asdict(config.resize), "shard_size": config.shard_size,
+                "remote_size": config.fetch.remote_size}
+    retried = retry_failed_rows(config, table.num_rows, {name for name, _ in jobs}, settings) if config.retry_failed else []
+    failed += [r for r in retried if "error" in r]
+    manifest = write_manifest(out, config.prefix, settings)
+    if config.retry_failed:
+        manifest = {**manifest, "retry": {"shards": len(retried), "rows": sum(r.get("retried", 0) for r in retried),
+                                          "recovered": sum(r.get("recovered", 0) for r in retried)}}
     if failed:
         raise RuntimeError(f"{len(failed)} shard(s) failed; rerun to resume. First: "
                            f"{failed[0]['name']}: {failed[0]['error']}")

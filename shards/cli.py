@@ -9,6 +9,7 @@ from pathlib import Path
 from shards.console import Parser, run_main
 from shards.fetch import X_MEDIA_HOSTS
 from shards.resize import RESAMPLE
+from shards.retry import TRANSIENT
 
 EXIT_DAMAGED = 1  # verify found a problem (2 stays "you used the command wrongly")
 
@@ -40,6 +41,12 @@ def _build_parser(sub) -> None:
     p.add_argument("--fetch-retries", type=int, default=3, help="retries after 429/5xx/timeouts (default 3)")
     p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest body accepted")
     p.add_argument("--remote-size", default="medium", help="size variant asked of X's media hosts ('' for the original)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also fetch again the rows of finished shards that failed with one of --statuses, "
+                        "and write those shards anew")
+    p.add_argument("--statuses", default=",".join(TRANSIENT),
+                   help=f"statuses --retry-failed retries, comma-separated; http_5xx is every 5NN "
+                        f"(default {','.join(TRANSIENT)})")
     p.set_defaults(handler=_build)
 
 
@@ -76,9 +83,11 @@ def _build(args) -> int:
         fetch=FetchConfig(allow_hosts=tuple(h.strip() for h in args.allow_hosts.split(",") if h.strip()),
                           allow_local=tuple(args.allow_local), timeout=args.timeout, retries=args.fetch_retries,
                           max_bytes=args.max_bytes, remote_size=args.remote_size or None),
-        resize=ResizeConfig(size=args.size, quality=args.quality, resample=args.resample))
+        resize=ResizeConfig(size=args.size, quality=args.quality, resample=args.resample),
+        retry_failed=args.retry_failed, retry_statuses=tuple(s.strip() for s in args.statuses.split(",") if s.strip()))
     manifest = build_shards(config)
-    print(json.dumps({k: manifest[k] for k in ("rows", "ok", "bytes", "status", "built_on_nodes")}))
+    print(json.dumps({k: manifest[k] for k in ("rows", "ok", "bytes", "status", "built_on_nodes", "retry")
+                      if k in manifest}))
     return 0
 
 

@@ -8,6 +8,7 @@ lost silently and the rest of the pool carries on.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from datetime import datetime, timezone
@@ -43,11 +44,13 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def run_pool(actor_cls, actor_args: tuple, method: str, jobs: list[tuple[str, pa.Table]], workers: int,
-             cpus: float, retries: int, on_dead: Callable[[tuple, str], dict]) -> list[dict]:
+             cpus: float, retries: int, on_dead: Callable[[tuple, str], dict],
+             on_result: Callable[[dict], None] | None = None) -> list[dict]:
     """Run `actor.method(job)` for every job on a pool of `workers` actors; return the summaries.
 
     A job whose actor died is retried on a fresh actor up to `retries` times, then handed to
-    `on_dead(job, error)`, whose summary stands in for the job's.
+    `on_dead(job, error)`, whose summary stands in for the job's. `on_result` sees each summary
+    as it arrives.
     """
     import ray
     from ray.exceptions import RayActorError, WorkerCrashedError
@@ -83,6 +86,8 @@ def run_pool(actor_cls, actor_args: tuple, method: str, jobs: list[tuple[str, pa
                     result = on_dead(job, error)
             if result is not None:
                 results.append(result)
+                if on_result is not None:
+                    on_result(result)
                 bar.update(result["rows"])
                 if "error" in result:
                     log.error("shard %s failed: %s", result["name"], result["error"])
@@ -129,8 +134,6 @@ def check_plan(out: Path, prefix: str, keys: list[str], shard_size: int, setting
     path = out / f"{prefix}-{PLAN_FILE}"
     digest = plan_digest(keys, shard_size, settings)
     if path.exists():
-        import json
-
         old = json.loads(path.read_text())
         if old.get("digest") != digest and any(out.glob(f"{prefix}-*.parquet")):
             raise UserError(f"{out}: holds shards of a different input or settings "
@@ -151,9 +154,16 @@ def shard_summary(slice_path: Path) -> dict:
             "status": {c["values"]: c["counts"] for c in counts}}
 
 
-def write_manifest(out: Path, prefix: str, settings: dict) -> dict:
-    """manifest.json, summarised from the complete shards' Parquet slices (written last)."""
-    shards = [shard_summary(p) for p in sorted(out.glob(f"{prefix}-*.parquet")) if p.with_suffix(".tar").exists()]
+def write_manifest(out: Path, prefix: str, settings: dict, changed: list[str] | None = None) -> dict:
+    """manifest.json, summarised from the complete shards' Parquet slices (written last). With
+    `changed` (shard names), only those slices are read again and the others' entries kept."""
+    slices = [p for p in sorted(out.glob(f"{prefix}-*.parquet")) if p.with_suffix(".tar").exists()]
+    if changed is not None:
+        kept = {s["parquet"]: s for s in json.loads((out / "manifest.json").read_text())["shards"]}
+        names = {f"{name}.parquet" for name in changed}
+        shards = [kept[p.name] if p.name in kept and p.name not in names else shard_summary(p) for p in slices]
+    else:
+        shards = [shard_summary(p) for p in slices]
     by_status: dict[str, int] = {}
     for shard in shards:
         for status, n in shard["status"].items():
@@ -170,5 +180,6 @@ def write_manifest(out: Path, prefix: str, settings: dict) -> dict:
         "status": dict(sorted(by_status.items())),
     }
     write_json(manifest, out / "manifest.json")
-    write_locate_file(out)  # after the manifest, whose stat is part of its fingerprint
+    if changed is None:
+        write_locate_file(out)  # after the manifest, whose stat is part of its fingerprint
     return manifest

@@ -37,13 +37,18 @@ def remove_stale(out: Path, prefix: str) -> list[Path]:
 class ShardWriter:
     """Appends `{key}.jpg` and `{key}.json` members and remembers where each JPEG's bytes sit."""
 
-    def __init__(self, out: Path, name: str):
+    def __init__(self, out: Path, name: str, keep: int = 0):
+        """`keep`: start from the first `keep` bytes of the existing tar (whole members), so its
+        samples keep their offsets and new ones are appended (a retry of failed rows)."""
         self.out, self.name = Path(out), name
         # A name of its own per writer: an actor of a killed run may still be finishing this
         # shard while the rerun writes it again; each renames its own complete file into place.
         self.tag = f"{os.getpid()}-{os.urandom(4).hex()}"
         self.tmp = self.out / f".{name}.tar.{self.tag}.tmp"
-        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        if keep:
+            with open(self.out / f"{name}.tar", "rb") as old, open(self.tmp, "wb") as new:
+                new.write(old.read(keep) + bytes(2 * tarfile.BLOCKSIZE))  # the end marker "a" looks for
+        self.tar = tarfile.open(self.tmp, "a" if keep else "w", format=tarfile.USTAR_FORMAT)
 
     def _add(self, member: str, data: bytes) -> int:
         """Add one member; return the offset of its data inside the tar."""
