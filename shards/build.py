@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from shards.console import UserError
 from shards.dali_index import write_index
-from shards.fetch import FetchConfig, fetch, http_client
+from shards.fetch import FetchConfig, fetch, http_client, is_x_media, x_variant
 from shards.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
 from shards.resize import RESAMPLE, ResizeConfig, resize_image
 from shards.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
@@ -103,10 +103,20 @@ def plan(table: pa.Table, config: BuildConfig) -> list[tuple[str, pa.Table]]:
     return jobs
 
 
+def variant_of(row: dict, config: BuildConfig) -> str | None:
+    """Which of X's size variants to fetch for this row (None: not an X photo, or the original)."""
+    if not row.get("url") or not is_x_media(row["url"]):
+        return None
+    if config.fetch.remote_size == "auto":
+        return x_variant(row.get("orig_width"), row.get("orig_height"), config.resize.size)
+    return config.fetch.remote_size
+
+
 def process_row(row: dict, client, config: BuildConfig) -> tuple[dict, bytes | None]:
     """Fetch, decode and resize one row; the row comes back with its status (errors are values)."""
     try:
-        fetched = fetch(row["url"], client, config.fetch)
+        row = {**row, "variant": variant_of(row, config)}
+        fetched = fetch(row["url"], client, config.fetch, row["variant"])
         if fetched.data is None:
             return {**row, "status": fetched.status, "error": fetched.error}, None
         resized = resize_image(fetched.data, config.resize)
@@ -115,7 +125,9 @@ def process_row(row: dict, client, config: BuildConfig) -> tuple[dict, bytes | N
     if resized.data is None:
         return {**row, "status": resized.status, "error": resized.error}, None
     return {**row, "status": OK, "error": None, "width": resized.width, "height": resized.height,
-            "orig_width": resized.orig_width, "orig_height": resized.orig_height,
+            # The photo's own dimensions when the API gave them; else those of what was fetched.
+            "orig_width": row.get("orig_width") or resized.orig_width,
+            "orig_height": row.get("orig_height") or resized.orig_height,
             "sha1": sha1(resized.data).hexdigest()}, resized.data
 
 

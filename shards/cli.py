@@ -40,7 +40,10 @@ def _build_parser(sub) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per connection or read (default 10)")
     p.add_argument("--fetch-retries", type=int, default=3, help="retries after 429/5xx/timeouts (default 3)")
     p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest body accepted")
-    p.add_argument("--remote-size", default="medium", help="size variant asked of X's media hosts ('' for the original)")
+    p.add_argument("--remote-size", default="auto",
+                   help="size variant asked of X's media hosts: auto (per photo, the smallest that still gives "
+                        "--size; medium when the API gave no dimensions), a name (small, medium, large, …) "
+                        "for every photo, or '' for the original")
     p.add_argument("--retry-failed", action="store_true",
                    help="also fetch again the rows of finished shards that failed with one of --statuses, "
                         "and write those shards anew")

@@ -57,8 +57,9 @@ class FetchConfig:
     """Longest Retry-After we honour; a server asking for more gets its status recorded instead."""
     max_bytes: int = 20 * 1024 * 1024
     """Larger bodies are refused as too_large (by Content-Length before reading, else while reading)."""
-    remote_size: str | None = "medium"
-    """Size variant asked of X's media hosts (`name=`), so we never fetch more pixels than we keep."""
+    remote_size: str | None = "auto"
+    """Size variant asked of X's media hosts (`name=`), so we never fetch more pixels than we keep:
+    `auto` picks per photo (x_variant), a name forces it, None asks for the original."""
 
 
 @dataclass
@@ -84,6 +85,28 @@ def host_allowed(host: str | None, allow: tuple[str, ...]) -> bool:
         return False
     host = host.lower()
     return any(host == h or (h.startswith(".") and host.endswith(h)) for h in allow)
+
+
+# X's `name=` variants that fit the photo in a square box (thumb is cropped: never used), smallest first.
+X_VARIANTS = (("small", 680), ("900x900", 900), ("medium", 1200), ("large", 2048), ("4096x4096", 4096))
+UNKNOWN_SIZE_VARIANT = "medium"
+
+
+def x_variant(width: int | None, height: int | None, size: int) -> str:
+    """The smallest variant whose shorter side, once the photo is fitted in its box, is still
+    ≥ `size` (the side we store), or for a photo smaller than that the smallest that keeps it
+    whole; `medium` when the photo's dimensions are unknown."""
+    if not width or not height:
+        return UNKNOWN_SIZE_VARIANT
+    long_side, short_side = max(width, height), min(width, height)
+    for name, box in X_VARIANTS:
+        if box >= long_side or short_side * box // long_side >= size:
+            return name
+    return "orig"
+
+
+def is_x_media(url: str) -> bool:
+    return urlsplit(url).hostname in X_MEDIA_HOSTS
 
 
 def x_media_url(url: str, size: str | None) -> str:
@@ -227,8 +250,9 @@ def _http_attempt(client: urllib3.PoolManager, url: str, config: FetchConfig) ->
         return Fetched(status="connection_error", error=str(exc)[:200])
 
 
-def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig) -> Fetched:
-    """Fetch one image's bytes; never raises for a problem of that image."""
+def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig, variant: str | None = None) -> Fetched:
+    """Fetch one image's bytes (X's `variant` of it, default `config.remote_size`); never raises
+    for a problem of that image."""
     if not url:
         return Fetched(status="no_url", error="the row has no URL")
     parts = urlsplit(url)
@@ -238,7 +262,7 @@ def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig) -> 
         return _read_local(Path(unquote(parts.path) if parts.scheme else url), config)
     if parts.scheme not in ("http", "https"):
         return Fetched(status="bad_url", error=f"unsupported URL scheme {parts.scheme!r}")
-    url = x_media_url(url, config.remote_size)
+    url = x_media_url(url, variant or config.remote_size)
     for attempt in range(config.retries + 1):
         result = _http_attempt(client, url, config)
         retryable = result.status in RETRY_ERRORS or result.http_status in RETRY_STATUSES

@@ -40,6 +40,7 @@ IMAGES = pa.schema(
         pa.field("quotes", pa.int64()),
         pa.field("media_count", pa.int32()),
         pa.field("url", pa.string()),
+        pa.field("variant", pa.string()),  # which of X's size variants (`name=`) was fetched
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("shard", pa.string()),

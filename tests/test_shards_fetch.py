@@ -4,8 +4,10 @@ import http.server
 import threading
 import time
 
+import pytest
+
 from tests.conftest import Routes
-from shards.fetch import FetchConfig, fetch, host_allowed, http_client, retry_delay, x_media_url
+from shards.fetch import FetchConfig, fetch, host_allowed, http_client, retry_delay, x_media_url, x_variant
 
 
 def test_x_media_urls_ask_for_the_size_variant():
@@ -15,6 +17,36 @@ def test_x_media_urls_ask_for_the_size_variant():
         "https://pbs.twimg.com/media/AbC?format=png&name=small"
     assert x_media_url("http://127.0.0.1:9/a.jpg", "medium") == "http://127.0.0.1:9/a.jpg"
     assert x_media_url("https://pbs.twimg.com/media/AbC.jpg", None).endswith("AbC.jpg")
+
+
+@pytest.mark.parametrize("width, height, size, variant", [
+    (4000, 3000, 256, "small"),        # 510 px short side in small's 680 box
+    (4096, 1088, 256, "medium"),       # small gives 180, 900x900 239, medium 318
+    (4096, 873, 256, "large"),         # medium gives 255.8: short of 256
+    (4096, 874, 256, "medium"),        # medium gives 256
+    (4096, 510, 256, "4096x4096"),     # large gives 255: only the whole photo is enough
+    (8192, 500, 256, "orig"),          # larger than any box and still short: the original
+    (600, 400, 256, "small"),          # fits small's box whole: nothing bigger exists
+    (1000, 800, 1024, "medium"),       # smaller than --size: the smallest variant holding it whole
+    (None, 3000, 256, "medium"),       # dimensions unknown: today's medium
+    (0, 0, 256, "medium"),
+])
+def test_the_smallest_variant_that_still_gives_the_size(width, height, size, variant):
+    assert x_variant(width, height, size) == variant
+    assert x_variant(height, width, size) == variant  # portrait or landscape alike
+
+
+def test_the_variant_is_chosen_for_x_photos_only():
+    from shards.build import BuildConfig, variant_of
+    from shards.resize import ResizeConfig
+
+    auto = BuildConfig(images=None, out=None, resize=ResizeConfig(size=256))
+    photo = {"url": "https://pbs.twimg.com/media/AbC.jpg", "orig_width": 4000, "orig_height": 3000}
+    assert variant_of(photo, auto) == "small"
+    assert variant_of({**photo, "url": "https://example.org/a.jpg"}, auto) is None  # other hosts untouched
+    assert variant_of({**photo, "url": None}, auto) is None
+    forced = BuildConfig(images=None, out=None, fetch=FetchConfig(remote_size="large"))
+    assert variant_of(photo, forced) == "large"  # --remote-size overrides the choice
 
 
 def test_allow_list_is_exact_unless_a_domain_is_given():
