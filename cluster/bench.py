@@ -24,6 +24,7 @@ from shards.console import Parser, UserError, run_main
 BENCHES = {
     "ingest-parse": "parse",
     "ingest": "ingest",
+    "ingest-x": "ingest_x",
     "pairs": "pairs",
     "loader": "loader",
     "train": "train",

@@ -105,7 +105,7 @@ def plan(table: pa.Table, config: BuildConfig) -> list[tuple[str, pa.Table]]:
 
 def variant_of(row: dict, config: BuildConfig) -> str | None:
     """Which of X's size variants to fetch for this row (None: not an X photo, or the original)."""
-    if not row.get("url") or not is_x_media(row["url"]):
+    if not row.get("url") or not is_x_media(row["url"], config.fetch.x_hosts):
         return None
     if config.fetch.remote_size == "auto":
         return x_variant(row.get("orig_width"), row.get("orig_height"), config.resize.size)

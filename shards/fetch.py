@@ -57,6 +57,8 @@ class FetchConfig:
     """Longest Retry-After we honour; a server asking for more gets its status recorded instead."""
     max_bytes: int = 20 * 1024 * 1024
     """Larger bodies are refused as too_large (by Content-Length before reading, else while reading)."""
+    x_hosts: tuple[str, ...] = X_MEDIA_HOSTS
+    """Hosts that serve X's size variants (`name=`): X's media hosts, or a mirror of them."""
     remote_size: str | None = "auto"
     """Size variant asked of X's media hosts (`name=`), so we never fetch more pixels than we keep:
     `auto` picks per photo (x_variant), a name forces it, None asks for the original."""
@@ -105,14 +107,14 @@ def x_variant(width: int | None, height: int | None, size: int) -> str:
     return "orig"
 
 
-def is_x_media(url: str) -> bool:
-    return urlsplit(url).hostname in X_MEDIA_HOSTS
+def is_x_media(url: str, hosts: tuple[str, ...] = X_MEDIA_HOSTS) -> bool:
+    return urlsplit(url).hostname in hosts
 
 
-def x_media_url(url: str, size: str | None) -> str:
+def x_media_url(url: str, size: str | None, hosts: tuple[str, ...] = X_MEDIA_HOSTS) -> str:
     """Ask X's media host for the `size` variant of a photo instead of the original."""
     parts = urlsplit(url)
-    if size is None or parts.hostname not in X_MEDIA_HOSTS:
+    if size is None or parts.hostname not in hosts:
         return url
     query = dict(parse_qsl(parts.query))
     path = parts.path
@@ -262,7 +264,7 @@ def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig, var
         return _read_local(Path(unquote(parts.path) if parts.scheme else url), config)
     if parts.scheme not in ("http", "https"):
         return Fetched(status="bad_url", error=f"unsupported URL scheme {parts.scheme!r}")
-    url = x_media_url(url, variant or config.remote_size)
+    url = x_media_url(url, variant or config.remote_size, config.x_hosts)
     for attempt in range(config.retries + 1):
         result = _http_attempt(client, url, config)
         retryable = result.status in RETRY_ERRORS or result.http_status in RETRY_STATUSES

@@ -61,3 +61,32 @@ def test_static_server_keeps_alive_and_serves_only_its_folder(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_static_server_serves_x_size_variants_by_name(tmp_path):
+    from cluster.benches.static_server import resolve
+
+    root = (tmp_path / "www").resolve()
+    root.mkdir()
+    for name in ("a.jpg", "a.small.jpg"):
+        (root / name).write_bytes(b"x")
+    (tmp_path / "s.small.jpg").write_bytes(b"secret")
+    assert resolve(root, b"/a?format=jpg&name=small") == root / "a.small.jpg"
+    assert resolve(root, b"/a?format=jpg&name=orig") == root / "a.jpg"
+    assert resolve(root, b"/a.jpg") == root / "a.jpg"
+    assert resolve(root, b"/a?format=jpg&name=large") is None  # not made: a 404
+    assert resolve(root, b"/../s?format=jpg&name=small") is None  # nothing outside its folder
+
+
+def test_x_like_bench_fetches_the_small_variant_and_fewer_bytes(ray_local, tmp_path):
+    from cluster.benches.ingest_x import run as run_x
+    from shards.schema import read_table
+
+    result = run_x(BenchConfig(tmp_path, size="quick"))
+    # Photos of 800-1600 px stored at 256: small (fits 680) always suffices, medium never is needed.
+    assert result["auto_variants"] == {"small": result["images"]}
+    assert set(read_table(tmp_path / "shards-x-medium", "images").column("variant").to_pylist()) == {"medium"}
+    assert result["auto_bytes_per_image"] < 0.7 * result["medium_bytes_per_image"] and result["bytes_saved"] > 0.3
+    assert result["value"] > 0 and result["medium_img_s"] > 0 and result["baseline_value"] > 0
+    write_summary([result], tmp_path / "bench.json")
+    assert Image.open(tmp_path / "bench-ingest-x.png").size[0] > 0

@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 MAX_HEAD = 64 * 1024
 
@@ -25,8 +25,16 @@ def response_head(status: str, length: int, content_type: str = "text/plain") ->
 
 
 def resolve(root: Path, target: bytes) -> Path | None:
-    """The file a request target names inside `root`, or None (missing, or outside root)."""
-    path = (root / unquote(target.split(b"?", 1)[0].decode("latin-1")).lstrip("/")).resolve()
+    """The file a request target names inside `root`, or None (missing, or outside root). As
+    X's media hosts do, `/NAME?format=jpg&name=small` is the `small` variant of NAME.jpg, which
+    lies beside it as NAME.small.jpg (`name=orig`: NAME.jpg itself)."""
+    raw_path, _, raw_query = target.decode("latin-1").partition("?")
+    name = unquote(raw_path).lstrip("/")
+    query = parse_qs(raw_query)
+    if "format" in query:
+        variant = query.get("name", ["orig"])[0]
+        name = f"{name}.{query['format'][0]}" if variant == "orig" else f"{name}.{variant}.{query['format'][0]}"
+    path = (root / name).resolve()
     return path if path.is_file() and path.is_relative_to(root) else None
 
 

@@ -1,0 +1,154 @@
+"""`iipa bench ingest-x`: `shards build` against an X-like media host, which serves every photo's
+`name=` size variants (made once, beforehand, as a CDN holds them).
+
+In one run, on the same photos and loopback server: the build choosing each photo's variant from
+its dimensions (`--remote-size auto`, the default), the build asking for `medium` (what it did
+before), and img2dataset given the `medium` URLs. Reported: images/s and the bytes fetched per
+image of each. The photos are made as the ingest bench makes them (cluster/benches/ingest.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cluster.benches.ingest import find_img2dataset, img2dataset_rate, make_photos, serve
+
+TARGET_FACTOR = 3.0
+SIZE = 256
+VARIANT_QUALITY = 85
+
+
+def make_variants(paths: list[Path]) -> None:
+    """Beside each NAME.jpg, NAME.VARIANT.jpg for each of X's box variants: the photo fitted in
+    the box, or the photo itself where it fits already (X never upscales). Made once."""
+    from PIL import Image
+
+    from shards.fetch import X_VARIANTS
+
+    stamp = paths[0].parent / "variants.json"
+    spec = {"n": len(paths), "variants": [name for name, _ in X_VARIANTS], "quality": VARIANT_QUALITY}
+    if stamp.exists() and json.loads(stamp.read_text()) == spec:
+        return
+    for path in paths:
+        with Image.open(path) as img:
+            img.load()
+            for name, box in X_VARIANTS:
+                target = path.with_name(f"{path.stem}.{name}.jpg")
+                if max(img.size) <= box:
+                    shutil.copyfile(path, target)
+                else:
+                    fitted = img.copy()
+                    fitted.thumbnail((box, box), Image.Resampling.LANCZOS)
+                    fitted.save(target, format="JPEG", quality=VARIANT_QUALITY)
+    stamp.write_text(json.dumps(spec))
+
+
+def images_table(urls: list[str], paths: list[Path], path: Path) -> Path:
+    """The images table as ingest writes it from the API: each photo's width and height known."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from shards.schema import write_table
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = []
+    for i, (url, photo) in enumerate(zip(urls, paths)):
+        with Image.open(photo) as img:
+            width, height = img.size
+        rows.append({"key": f"img{i:05d}", "tweet_id": str(i), "user_id": f"u{i % 50}", "created_at": t0,
+                     "status": "pending", "url": url, "orig_width": width, "orig_height": height})
+    return write_table(pa.Table.from_pylist(rows), path, "images")
+
+
+def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_size: int) -> dict:
+    """images/s of `shards build` asking for `remote_size`, and the bytes it fetched per image."""
+    from shards.build import BuildConfig, build_shards
+    from shards.fetch import FetchConfig
+    from shards.resize import ResizeConfig
+    from shards.schema import read_table
+
+    shutil.rmtree(out, ignore_errors=True)
+    loopback = ("127.0.0.1",)
+    config = BuildConfig(images=table, out=out, shard_size=shard_size, workers=2, threads=8,
+                         fetch=FetchConfig(allow_hosts=loopback, x_hosts=loopback, remote_size=remote_size),
+                         resize=ResizeConfig(size=SIZE))
+    start = time.perf_counter()
+    manifest = build_shards(config)
+    seconds = time.perf_counter() - start
+    rows = read_table(out, "images").to_pylist()
+    if manifest["ok"] != len(rows):
+        raise RuntimeError(f"only {manifest['ok']} of {len(rows)} images were stored: {manifest['status']}")
+    fetched = [folder / f"{Path(r['url']).stem}.{r['variant']}.jpg" for r in rows]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["variant"]] = counts.get(r["variant"], 0) + 1
+    return {"img_s": len(rows) / seconds, "bytes_per_image": sum(os.path.getsize(p) for p in fetched) / len(rows),
+            "variants": dict(sorted(counts.items()))}
+
+
+def run(config) -> dict:
+    from shards.fetch import x_media_url
+    from shards.pool import start_ray
+
+    # Photos larger than small's 680 box even at the quick size, so that the choice matters.
+    n, lo, hi = config.pick((48, 800, 1600), (300, 900, 2048), (2000, 900, 2048))
+    work = Path(config.workdir)
+    folder = work / "photos-x"
+    paths = make_photos(folder, n, lo, hi)
+    make_variants(paths)
+    server, base = serve(folder)
+    try:
+        urls = [f"{base}/{p.name}" for p in paths]
+        table = images_table(urls, paths, work / "images-x.parquet")
+        start_ray(None)
+        shard_size = 100 if config.quick else 250
+        auto = build_rate(table, work / "shards-x-auto", folder, "auto", shard_size)
+        medium = build_rate(table, work / "shards-x-medium", folder, "medium", shard_size)
+        exe = find_img2dataset()
+        if exe is None:
+            raise RuntimeError("img2dataset is not installed: make img2dataset")
+        rival = img2dataset_rate(exe, [x_media_url(u, "medium", ("127.0.0.1",)) for u in urls], work, SIZE)
+    finally:
+        server.kill()
+        server.wait()
+    medium_bytes = sum(os.path.getsize(p.with_name(f"{p.stem}.medium.jpg")) for p in paths) / n
+    return {"stage": "ingest-x", "unit": "images/s", "value": round(auto["img_s"], 1),
+            "baseline": "img2dataset given the medium URLs", "baseline_value": round(rival["img2dataset_img_s"], 1),
+            "ratio": round(auto["img_s"] / rival["img2dataset_img_s"], 2), "target_ratio": TARGET_FACTOR,
+            "images": n, "stored_side": SIZE, "source_pixels": f"{lo}-{hi} a side",
+            "auto_bytes_per_image": round(auto["bytes_per_image"]), "auto_variants": auto["variants"],
+            "medium_img_s": round(medium["img_s"], 1), "medium_bytes_per_image": round(medium["bytes_per_image"]),
+            "auto_vs_medium": round(auto["img_s"] / medium["img_s"], 2),
+            "bytes_saved": round(1 - auto["bytes_per_image"] / medium_bytes, 3),
+            "img2dataset_wall_img_s": round(rival["img2dataset_wall_img_s"], 1)}
+
+
+def plot(result: dict, path: Path) -> None:
+    """Images/s (left) and kilobytes fetched per image (right) of each way of fetching."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rates, sizes) = plt.subplots(1, 2, figsize=(11, 3.2))
+    names = ["img2dataset (medium URLs)", "iipa, medium", "iipa, auto variant"]
+    values = [result["baseline_value"], result["medium_img_s"], result["value"]]
+    rates.barh(names, values, color=["grey", "tab:cyan", "tab:blue"])
+    for y, v in enumerate(values):
+        rates.text(v, y, f" {v:.0f}", va="center", fontsize=8)
+    rates.axvline(result["baseline_value"] * result["target_ratio"], color="tab:red", linestyle="--",
+                  label=f"target: {result['target_ratio']:g}× img2dataset")
+    rates.set_xlabel(f"images/s ({result['images']} photos, {result['source_pixels']}, --size {result['stored_side']})")
+    rates.legend(fontsize=8, loc="lower right")
+    kb = [result["medium_bytes_per_image"] / 1024, result["medium_bytes_per_image"] / 1024,
+          result["auto_bytes_per_image"] / 1024]
+    sizes.barh(names, kb, color=["grey", "tab:cyan", "tab:blue"])
+    sizes.set_yticklabels([])
+    sizes.set_xlabel("kB fetched per image")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
