@@ -103,20 +103,29 @@ class ShardIndex:
         parts = len(self.part_bounds) - 1
         if parts == 1:
             return pc.fill_null(pc.index_in(keys, value_set=self.key_array), -1).to_numpy().astype(np.int64)
-        # The keys grouped by partition, then one small lookup per partition (threads: Arrow
-        # releases the GIL). At 10 M keys about twice as fast as one lookup, in a tenth of the memory.
-        part = key_parts(keys, parts)
-        order = np.argsort(part, kind="stable")
-        grouped = keys.take(pa.array(order))
-        starts = np.searchsorted(part[order], np.arange(parts + 1))
-
+        # Each chunk's keys ordered by partition (orders, not copies of the strings), then one small
+        # lookup per partition over its keys gathered from every chunk (threads: Arrow releases
+        # the GIL). At 10 M keys about twice as fast as one lookup, in a fraction of the memory.
+        chunks = keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]
+        groups, base = [], 0
+        for chunk in chunks:
+            part = key_parts(chunk, parts)
+            order = np.argsort(part, kind="stable")
+            groups.append((chunk, order, np.searchsorted(part[order], np.arange(parts + 1)), base))
+            base += len(chunk)
         rows = np.empty(len(keys), dtype=np.int64)
 
         def lookup(p: int) -> None:
             first, end = int(self.part_bounds[p]), int(self.part_bounds[p + 1])
-            found = pc.index_in(grouped.slice(starts[p], starts[p + 1] - starts[p]),
-                                value_set=self.key_array.slice(first, end - first))
-            rows[order[starts[p]:starts[p + 1]]] = pc.fill_null(pc.add(found, first), -1).to_numpy()
+            asked = pa.chunked_array([chunk.take(pa.array(order[starts[p]:starts[p + 1]]))
+                                      for chunk, order, starts, _ in groups], type=keys.type)
+            found = pc.index_in(asked, value_set=self.key_array.slice(first, end - first))
+            found = pc.fill_null(pc.add(found, first), -1).to_numpy()
+            at = 0
+            for _, order, starts, chunk_base in groups:
+                mine = order[starts[p]:starts[p + 1]]
+                rows[chunk_base + mine] = found[at:at + len(mine)]
+                at += len(mine)
 
         with ThreadPoolExecutor(min(parts, len(os.sched_getaffinity(0)), 8)) as pool:
             list(pool.map(lookup, range(parts)))
