@@ -3,10 +3,10 @@
 Pair manifests name keys only; this is where keys become bytes. At IIPA's scale (10 M images,
 millions of pairs, 8 ranks a node) start-up must not grow with what the trainer does not need:
 only the five columns that locate a sample are read, once: `shards build` keeps them as flat
-arrays in `DIR/.locate`, which every later reader memory-maps. Keys are resolved to integer rows
-in one vectorised hash lookup (Arrow's `index_in`), and every sample is three numbers in flat
-arrays, never a Python object per key. Whole shards are read sequentially (as WebDataset intends) and
-sliced in memory.
+arrays in `DIR/.locate`, which every later reader memory-maps, its rows grouped by a hash of the
+key. Keys are resolved to integer rows by vectorised hash lookups (Arrow's `index_in`), one small
+one per group, and every sample is three numbers in flat arrays, never a Python object per key.
+Whole shards are read sequentially (as WebDataset intends) and sliced in memory.
 """
 from __future__ import annotations
 
