@@ -378,3 +378,18 @@ def _map_arrays(path: Path, fingerprint: str) -> tuple[dict, dict[str, np.ndarra
         begin = start + spec["offset"]
         arrays[name] = mm[begin:begin + spec["shape"] * dtype.itemsize].view(dtype)
     return header, arrays
+
+
+def open_webdataset(shards_dir: str | Path, **kwargs):
+    """The folder's shards as a `webdataset.WebDataset` of (key, JPEG bytes, metadata) samples, in
+    shard order, for training with one's own WebDataset pipeline. The metadata is each sample's
+    `{key}.json` member: key, tweet_id, user_id, created_at, retweets and likes (the labels a
+    popularity model needs). Keyword arguments go to WebDataset (e.g. `shardshuffle=100`,
+    `nodesplitter=webdataset.split_by_node`)."""
+    import webdataset as wds
+
+    folder = Path(shards_dir)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    tars = [str(folder / s["tar"]) for s in manifest["shards"] if s["ok"]]  # a tar of failures only is empty
+    kwargs.setdefault("shardshuffle", False)
+    return wds.WebDataset(tars, **kwargs).to_tuple("__key__", "jpg", "json").map_tuple(None, None, json.loads)

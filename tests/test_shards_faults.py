@@ -22,7 +22,7 @@ from tests.conftest import Routes, jpeg_bytes, photo_arrays, run_iipa
 from shards.build import BuildConfig, build_shards
 from shards.dali_index import index_shards
 from shards.fetch import FetchConfig
-from shards.locate import ShardIndex
+from shards.locate import ShardIndex, open_webdataset
 from shards.rebuild import RebuildConfig, group_sizes, rebuild_shards
 from shards.resize import ResizeConfig
 from shards.schema import read_table, write_table
@@ -200,6 +200,13 @@ def test_shards_read_back_with_webdataset_and_offsets_hold(built):
         assert hashlib.sha1(s["jpg"]).hexdigest() == ok[s["__key__"]]["sha1"]
         assert json.loads(s["json"])["key"] == s["__key__"]
     assert not list((tmp / "shards").glob(".*tmp"))
+    # The helper for WebDataset users: every ok sample once, with its labels as the table has them.
+    served = list(open_webdataset(tmp / "shards"))
+    assert sorted(key for key, _, _ in served) == sorted(ok)
+    for key, jpeg, meta in served:
+        assert hashlib.sha1(jpeg).hexdigest() == ok[key]["sha1"]
+        assert (meta["user_id"], meta["retweets"], meta["likes"]) == \
+               (ok[key]["user_id"], ok[key]["retweets"], ok[key]["likes"])
 
 
 def test_verify_passes_then_names_a_damaged_shard(built, tmp_path):
