@@ -18,7 +18,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
 
-from shards.console import UserError, progress
+from shards.console import UserError, check_out, progress
 from train.checkpoint import model_meta, read_weights
 from train.config import DataConfig
 from train.decode import make_decoder
@@ -205,10 +205,12 @@ def score_images(config: ScoreConfig) -> pa.Table:
     """Score every input image (files, folders, or a shards folder); one row per input."""
     if not config.inputs and config.shards is None:
         raise UserError("give images or folders to score, or --shards DIR")
-    if config.batch_size < 1:
-        raise UserError("--batch-size must be ≥ 1")
+    if config.batch_size < 1 or config.threads < 1:
+        raise UserError("--batch-size and --threads must be ≥ 1")
     if config.out is not None and Path(config.out).suffix.lower() not in (".csv", ".parquet"):
         raise UserError(f"--out {config.out}: expected a .csv or .parquet file")
+    if config.out is not None:
+        check_out(config.out, folder=False)
     pick_device(config.device)  # a bad --device fails before any file is listed or read
     paths = list_images(config.inputs)
     scorer = Scorer(config.model, config.backend, config.batch_size, config.threads, config.device)

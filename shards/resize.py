@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+from shards.console import UserError
+
 ORIENTATION = 0x0112
 SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90°
 RESAMPLE = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
@@ -35,6 +37,14 @@ class ResizeConfig:
     INTER_AREA) is the cheapest anti-aliased filter: on 900–2048 px photos it costs 1.2 ms an
     image against 2.9 for bicubic and 4.0 for Lanczos (a third of the decode itself), at 35.6 dB
     PSNR against a full-size Lanczos reference (bicubic 38.7, Lanczos 39.6)."""
+
+
+def check_resize(config: ResizeConfig) -> None:
+    """Refuse settings no image could be stored with (shared by `shards build` and `rebuild`)."""
+    if config.size < 16 or not 1 <= config.quality <= 100:
+        raise UserError(f"--size must be ≥ 16 and --quality between 1 and 100, got {config.size} and {config.quality}")
+    if config.resample not in RESAMPLE:
+        raise UserError(f"unknown resampling filter {config.resample!r}; choose from {', '.join(RESAMPLE)}")
 
 
 @dataclass

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shards.console import Parser, UserError, run_main
-from train.config import ARCHS, TrainConfig
+from shards.console import Parser, UserError, check_out, run_main
+from train.config import ARCHS, BACKEND_NAMES, DECODE_DEVICES, PRECISIONS, TrainConfig
 
 # flag → (section, field); each flag overrides the YAML file, which overrides the defaults.
 FLAGS = {
@@ -37,7 +37,7 @@ def build_parser(prog: str = "iipa train") -> Parser:
     p.add_argument("--arch", choices=ARCHS, help="torchvision ResNet (default resnet50)")
     p.add_argument("--init", help="random, imagenet:PATH, iipa:PATH or an earlier RUN folder")
     p.add_argument("--backend", help="decoding backend: auto, dali, torch")
-    p.add_argument("--decode-device", choices=["auto", "mixed", "cpu"], help="where DALI decodes")
+    p.add_argument("--decode-device", choices=DECODE_DEVICES, help="where DALI decodes")
     p.add_argument("--resize", type=int, help="shorter side after resizing (default 256)")
     p.add_argument("--crop", type=int, help="square crop fed to the model (default 224)")
     p.add_argument("--threads", type=int, help="decoding threads per rank")
@@ -52,7 +52,7 @@ def build_parser(prog: str = "iipa train") -> Parser:
     p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps")
     p.add_argument("--log-every", type=int, help="log training metrics every N steps")
     p.add_argument("--seed", type=int, help="seed of data order, swaps and initialisation")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="autocast precision")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast precision")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--audit", action="store_true", default=None,
                    help="record pair ids per step and a final parameter digest per rank (RUN/audit/)")
@@ -61,14 +61,29 @@ def build_parser(prog: str = "iipa train") -> Parser:
     return p
 
 
-def resolve_config(args) -> TrainConfig:
+def check_train_args(argv: list[str], prog: str) -> None:
+    """Parse and check a trainer's arguments without reading its inputs (for `iipa launch`)."""
+    resolve_config(build_parser(prog).parse_args(argv), files=False)
+
+
+def resolve_config(args, files: bool = True) -> TrainConfig:
     raw = {}
     if args.config:
         import yaml
 
         if not args.config.is_file():
             raise UserError(f"{args.config}: no such config file")
-        raw = yaml.safe_load(args.config.read_text()) or {}
+        try:
+            raw = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{args.config}: not UTF-8 text (byte {exc.start})") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise UserError(f"{args.config}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{args.config}: expected sections (data, optim, model, run) as a mapping, "
+                            f"found a {type(raw).__name__}")
     try:
         config = TrainConfig.from_dict(raw)
     except (ValueError, TypeError) as exc:
@@ -77,24 +92,54 @@ def resolve_config(args) -> TrainConfig:
         value = getattr(args, flag)
         if value is not None:
             setattr(getattr(config, section), name, value)
-    validate(config)
+    validate(config, args.nproc_per_node, args.max_restarts, files)
     return config
 
 
-def validate(config: TrainConfig) -> None:
-    """Reject inconsistent options before any process starts."""
+def at_least(minimum, **values) -> None:
+    """Each flag's value must be a number ≥ minimum (NaN is not)."""
+    for flag, value in values.items():
+        if not value >= minimum:  # also false for NaN
+            raise UserError(f"--{flag.replace('_', '-')} must be ≥ {minimum}, got {value}")
+
+
+def validate(config: TrainConfig, nproc_per_node: int | None = None, max_restarts: int = 0,
+             files: bool = True) -> None:
+    """Reject impossible or inconsistent options before any process starts (the one place for
+    every flag and YAML value of the trainer, and the launcher's own two); with `files`, also
+    the inputs and the run folder (`iipa launch` leaves those to the nodes that will see them)."""
+    d, o, m, r = config.data, config.optim, config.model, config.run
+    at_least(1, threads=d.threads, resize=d.resize, crop=d.crop, shuffle_shards=d.shuffle_shards,
+             prefetch=d.prefetch, epochs=r.epochs, batch_pairs=r.batch_pairs, ckpt_every=r.ckpt_every,
+             val_every=r.val_every, log_every=r.log_every)
+    at_least(0, lr_backbone=o.lr_backbone, lr_head=o.lr_head, weight_decay=o.weight_decay, seed=r.seed,
+             max_bad_steps=r.max_bad_steps, max_restarts=max_restarts)
+    if not 0 < o.lr_decay < float("inf"):
+        raise UserError(f"--lr-decay must be a factor > 0, got {o.lr_decay}")
+    if not all(v < float("inf") for v in (o.lr_backbone, o.lr_head, o.weight_decay)):
+        raise UserError("--lr-backbone, --lr-head and --weight-decay must be finite")
+    if r.max_steps is not None:
+        at_least(1, max_steps=r.max_steps)
+    if nproc_per_node is not None:
+        at_least(1, nproc_per_node=nproc_per_node)
+    if d.backend not in BACKEND_NAMES:
+        raise UserError(f"--backend {d.backend}: choose from {', '.join(BACKEND_NAMES)}")
+    for flag, value, choices in (("arch", m.arch, ARCHS), ("precision", r.precision, PRECISIONS),
+                                 ("decode-device", d.decode_device, DECODE_DEVICES)):
+        if value not in choices:
+            raise UserError(f"--{flag} {value}: choose from {', '.join(choices)}")
+    if not all(s > 0 for s in d.std):
+        raise UserError(f"[data] std must be > 0, got {list(d.std)}")
+    if config.data.crop > config.data.resize:
+        raise UserError(f"--crop {config.data.crop} is larger than --resize {config.data.resize}")
+    if not files:
+        return
+    check_out(config.run.out)
     if not (Path(config.data.shards) / "manifest.json").exists():
         raise UserError(f"{config.data.shards}: not a shards folder (no manifest.json); pass --shards")
     for split in ("train", "val"):
         if not (Path(config.data.pairs) / f"{split}.parquet").exists():
             raise UserError(f"{config.data.pairs}: no {split}.parquet; pass --pairs")
-    if config.data.crop > config.data.resize:
-        raise UserError(f"--crop {config.data.crop} is larger than --resize {config.data.resize}")
-    if config.run.batch_pairs < 1 or config.run.epochs < 1:
-        raise UserError("--batch-pairs and --epochs must be ≥ 1")
-    for flag in ("ckpt_every", "val_every", "log_every"):
-        if getattr(config.run, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be ≥ 1")
     # A state.pt to resume from is checked here, once, weights-only and memory-mapped, so a
     # planted or foreign one is refused in one line before any rank (or torchrun) starts.
     if (Path(config.run.out) / "state.pt").exists():
