@@ -90,6 +90,7 @@ def load_pairs(path: Path, index: ShardIndex) -> Pairs:
     present = index.both_present(hi, lo)
     if not present.any():
         raise UserError(f"{path}: none of its {len(hi)} pairs has both images in {index.dir}")
+    index.subset(index.rows(np.concatenate([hi[present], lo[present]]))).check_files()
     return Pairs(hi[present], lo[present], arrays["user_id"][present], arrays["rule"][present],
                  split_all[present], arrays["prob"][present], arrays["hi_pop"][present], arrays["lo_pop"][present],
                  int((~present).sum()))

@@ -14,6 +14,11 @@ from typing import Callable, Sequence
 from shards.schema import SchemaError
 
 EXIT_USAGE = 2
+# Set by a launcher for the processes it starts (torchrun's ranks): the file where they record
+# their user errors, so that the launcher reports one line of its own instead of torchrun's
+# ChildFailedError traceback; and whether the launcher's stderr is a terminal (for progress bars).
+WORKER_ERRORS = "IIPA_WORKER_ERRORS"
+PROGRESS = "IIPA_PROGRESS"
 
 
 class UserError(ValueError):
@@ -61,6 +66,9 @@ def run_main(handler: Callable[[argparse.Namespace], int | None], args: argparse
         return handler(args) or 0
     except (*USER_ERRORS, *extra_user_errors) as exc:
         message = exc.strerror + f": {exc.filename}" if isinstance(exc, PATH_ERRORS) and exc.filename else exc
+        if os.environ.get(WORKER_ERRORS):  # written before stderr: the launcher then drops what follows
+            with open(os.environ[WORKER_ERRORS], "a", encoding="utf-8") as f:
+                f.write(" ".join(str(message).split()) + "\n")
         sys.stderr.write(f"{prog}: error: {message}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -72,4 +80,5 @@ def progress(iterable=None, **kwargs):
     """A tqdm bar on a terminal, silent otherwise (logs and CI stay readable)."""
     from tqdm import tqdm
 
-    return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kwargs)
+    terminal = sys.stderr.isatty() or os.environ.get(PROGRESS) == "1"
+    return tqdm(iterable, disable=not terminal, dynamic_ncols=True, **kwargs)

@@ -5,13 +5,18 @@ Without torchrun, `--nproc-per-node N` re-launches this same command under
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
-from shards.console import Parser, UserError, check_out, run_main
+from shards.console import EXIT_USAGE, PROGRESS, WORKER_ERRORS, Parser, UserError, check_out, run_main
 from train.config import ARCHS, BACKEND_NAMES, DECODE_DEVICES, PRECISIONS, TrainConfig
 
 # flag → (section, field); each flag overrides the YAML file, which overrides the defaults.
@@ -148,11 +153,93 @@ def validate(config: TrainConfig, nproc_per_node: int | None = None, max_restart
         load_state(Path(config.run.out), mmap=True)
 
 
-def launch_torchrun(args, argv: list[str]) -> int:
-    """Re-run this command as `torchrun --standalone --nproc-per-node N -m train …`."""
+RUN_LOCK = "IIPA_RUN_LOCK"  # set for torchrun's ranks when their launcher holds the run folder's lock
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def hold_run_lock(out: Path):
+    """Lock RUN/.lock for the life of the returned file: a second trainer on the same run folder
+    would interleave checkpoints with this one, so it is refused in one line. The kernel drops
+    the lock when its holder dies, however it dies (kill -9 included)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UserError(f"{out}: another trainer is running in this run folder (pid {holder}); "
+                        "wait for it to end or choose another --out") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def die_with_parent(libc=None) -> None:
+    """Linux: receive SIGTERM when the parent process dies, even by SIGKILL. torchrun starts its
+    ranks in sessions of their own, so a signal to the launcher's process group never reaches them."""
+    try:
+        (libc or ctypes.CDLL(None)).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to arrange
+        pass
+
+
+def launch_torchrun(args, argv: list[str], prog: str) -> int:
+    """Re-run this command as `torchrun --standalone --nproc-per-node N -m train …` and wait.
+
+    torchrun runs in a session of its own: a stop signal to this process (or its group) is
+    forwarded once, torchrun stops its ranks and exits, and this process waits for that; if this
+    process is killed outright, torchrun gets SIGTERM from the kernel (die_with_parent). A rank's
+    user error comes back as this command's one line: the ranks record it in a file, and what
+    torchrun prints after it (its ChildFailedError traceback) is not passed on."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
            f"--max-restarts={args.max_restarts}", "-m", "train", *argv]
-    return subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    libc = ctypes.CDLL(None)  # loaded before the fork: the child only calls it
+    with tempfile.TemporaryDirectory(prefix="iipa-train-") as tmp:
+        errors = Path(tmp) / "errors"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_ERRORS: str(errors), RUN_LOCK: "held",
+               PROGRESS: "1" if sys.stderr.isatty() else "0"}
+        child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True,
+                                 preexec_fn=lambda: die_with_parent(libc))
+        stopped = []
+
+        def forward(signum, frame):
+            if not stopped:  # once: a second signal would interrupt torchrun's own clean-up
+                stopped.append(signum)
+                os.killpg(child.pid, signum)
+
+        previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+        relay = threading.Thread(target=relay_stderr, args=(child.stderr, errors), daemon=True)
+        relay.start()
+        try:
+            code = child.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        relay.join(timeout=10)
+        first = errors.read_text(encoding="utf-8").splitlines()[:1] if errors.exists() else []
+    if first:
+        sys.stderr.write(f"{prog}: error: {first[0]}\n")
+        return EXIT_USAGE
+    if stopped:
+        sys.stderr.write(f"{prog}: stopped by {signal.Signals(stopped[0]).name}\n")
+        return 128 + stopped[0]
+    return code
+
+
+def relay_stderr(stream, errors: Path) -> None:
+    """Copy torchrun's stderr (its ranks' too) to ours as it comes, until a rank records a user error."""
+    out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+    while chunk := os.read(stream.fileno(), 65536):
+        if errors.exists() and errors.stat().st_size:
+            continue  # the rest is the failure's echo: the launcher says it in one line
+        if out is not None:
+            out.write(chunk)
+            out.flush()
+        else:
+            sys.stderr.write(chunk.decode(errors="replace"))
 
 
 def main(argv=None, prog: str = "iipa train") -> int:
@@ -161,13 +248,25 @@ def main(argv=None, prog: str = "iipa train") -> int:
 
     def handler(args) -> int:
         config = resolve_config(args)
-        if args.nproc_per_node and "RANK" not in os.environ:
-            return launch_torchrun(args, argv)
-        from train.loop import train
+        under_torchrun = "RANK" in os.environ
+        if under_torchrun:
+            die_with_parent()  # no rank outlives its torchrun
+        # One trainer per run folder: this process holds the lock unless it is a rank whose
+        # launcher holds it (or, under a torchrun started by hand, any rank but rank 0).
+        lock = None
+        if not under_torchrun or (os.environ.get(RUN_LOCK) is None and os.environ["RANK"] == "0"):
+            lock = hold_run_lock(Path(config.run.out))
+        try:
+            if args.nproc_per_node and not under_torchrun:
+                return launch_torchrun(args, argv, prog)
+            from train.loop import train
 
-        result = train(config)
-        if result.get("rank", 0) == 0:
-            print(json.dumps(result))
-        return 0
+            result = train(config)
+            if result.get("rank", 0) == 0:
+                print(json.dumps(result))
+            return 0
+        finally:
+            if lock is not None:
+                lock.close()
 
     return run_main(handler, args, prog)

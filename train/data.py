@@ -62,12 +62,7 @@ def load_pairs(path, shards: Path | ShardIndex, cache: bool = True) -> PairSet:
     index = shards if isinstance(shards, ShardIndex) else ShardIndex(shards)
     resolved = resolve_pairs(path, index, cache)
     index, hi, lo = resolved.index, resolved.hi, resolved.lo
-    # bincount rather than np.unique: linear, not a sort of 10 M ids, on every start.
-    needed = np.flatnonzero(np.bincount(index.shard, minlength=len(index.shard_names)))
-    absent = [name for name in index.shard_names[needed] if not (index.dir / name).is_file()]
-    if absent:
-        raise UserError(f"{len(absent)} shard(s) missing from {index.dir}, e.g. {absent[0]}: "
-                        "rebuild them with `iipa shards build` (it resumes)")
+    index.check_files()
     hi_shard = index.shard[hi]
     used = np.flatnonzero(np.bincount(hi_shard, minlength=len(index.shard_names)))
     number = np.zeros(len(index.shard_names), dtype=np.int64)

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
-from shards.console import progress
+from shards.console import UserError, progress
 from shards.locate import ShardIndex
 from shards.schema import write_json
 from train.checkpoint import initialise, load_state, restore_rng, rng_state, save_model, save_state
@@ -179,6 +179,10 @@ class Trainer:
         torch.manual_seed(config.run.seed)
         shards = ShardIndex(config.data.shards)  # read on first use: not at all when the pair caches are warm
         self.train_pairs = self.load_split("train", shards)
+        if len(self.train_pairs) == 0:
+            raise UserError(f"{Path(config.data.pairs) / 'train.parquet'}: none of its {self.train_pairs.missing} "
+                            f"pairs has both images in {config.data.shards}; were these shards built from the "
+                            "images table of these pairs?")
         val_pairs = self.load_split("val", shards)
         self.raw_model = build_model(config.model.arch)
         init = initialise(self.raw_model, config.model.init)
