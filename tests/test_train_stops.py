@@ -150,3 +150,45 @@ def test_killing_the_launchers_group_stops_the_rank_and_frees_the_folder(dataset
             os.killpg(launcher.pid, signal.SIGKILL)
     third = train(dataset, out, "--epochs", "1", "--max-steps", "1", timeout=300)  # the folder is free again
     assert third.returncode == 0, third.stderr[-3000:]
+
+
+# ---- point 6: a resumed run keeps its data order and its model -------------------------------
+
+@pytest.fixture(scope="module")
+def stopped_run(dataset, tmp_path_factory) -> Path:
+    """A run folder with a state.pt after 2 steps of a longer run."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    result = train(dataset, out, "--max-steps", "2", "--ckpt-every", "1", "--val-every", "1000")
+    assert result.returncode == 0 and (out / "state.pt").exists(), result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("change, flag", [
+    (["--batch-pairs", "8"], "--batch-pairs 16"),
+    (["--seed", "7"], "--seed 0"),
+    (["--arch", "resnet34"], "--arch resnet18"),
+], ids=["batch-pairs", "seed", "arch"])
+def test_resuming_with_a_setting_that_changes_the_data_order_or_model_is_refused(dataset, stopped_run, change, flag):
+    before = (stopped_run / "state.pt").read_bytes()
+    args = [*ARGS]
+    if change[0] in args:  # the flag overrides ARGS' own value
+        args[args.index(change[0]) + 1] = change[1]
+    else:
+        args += change
+    result = run_iipa("train", "--shards", str(dataset / "shards"), "--pairs", str(dataset / "pairs"),
+                      "--out", str(stopped_run), *args, "--max-steps", "4", timeout=300)
+    line = one_line(result)
+    assert f"state.pt was written with {flag}" in line and f"pass {flag} to resume" in line, line
+    assert (stopped_run / "state.pt").read_bytes() == before
+
+
+def test_resuming_on_rebuilt_pairs_is_refused(dataset, stopped_run, tmp_path):
+    import pyarrow.parquet as pq
+
+    pairs = tmp_path / "pairs"
+    shutil.copytree(dataset / "pairs", pairs)
+    table = pq.read_table(pairs / "train.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 3).replace_schema_metadata(table.schema.metadata),
+                   pairs / "train.parquet")
+    line = one_line(train(dataset, stopped_run, "--max-steps", "4", pairs=pairs))
+    assert f"has {table.num_rows - 3} usable pairs now" in line, line

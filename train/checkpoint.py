@@ -95,16 +95,40 @@ def save_state(state: dict, out: Path) -> None:
     _atomic_save(state, out / "state.pt")
 
 
-def load_state(out: Path, mmap: bool = False) -> dict | None:
+# What a resumed run must share with the run that wrote state.pt: the settings that decide the
+# data order (which pairs a step holds, so resuming at step k continues the same sequence) and
+# the model's shape. (section, field, how the user sets it.)
+RESUME_FIXED = (("run", "batch_pairs", "--batch-pairs"), ("run", "seed", "--seed"),
+                ("data", "shuffle_shards", "[data] shuffle_shards"), ("model", "arch", "--arch"))
+
+
+def load_state(out: Path, mmap: bool = False, config: TrainConfig | None = None) -> dict | None:
     """RUN/state.pt if there is one (weights-only; `mmap` maps tensors instead of reading them,
-    for a cheap check before the ranks start)."""
+    for a cheap check before the ranks start); with `config`, refuse to resume it under
+    settings that would change the data order or the model (RESUME_FIXED), naming the setting."""
     path = out / "state.pt"
     if not path.exists():
         return None
     state = load_weights_only(path, mmap)
     if not isinstance(state, dict) or not {"model", "optimizer", "step", "epoch", "epoch_step"} <= set(state):
         raise UserError(f"{path}: not a state.pt of iipa train (delete it to start afresh)")
+    saved = state.get("config")
+    if config is not None and isinstance(saved, dict):
+        now = config.to_dict()
+        for section, name, flag in RESUME_FIXED:
+            before = (saved.get(section) or {}).get(name, now[section][name])
+            if before != now[section][name]:
+                raise UserError(f"{path} was written with {flag} {before}, this run asks for {now[section][name]}: "
+                                f"resuming would change the {'model' if name == 'arch' else 'data order'}; "
+                                f"pass {flag} {before} to resume, or choose another --out")
     return state
+
+
+def check_same_pairs(state: dict | None, pairs: int, path: Path) -> None:
+    """A resumed run must read the same training pairs (a rebuilt manifest shifts every position)."""
+    if state is not None and state.get("train_pairs", pairs) != pairs:
+        raise UserError(f"{path} has {pairs} usable pairs now, the run in progress started with "
+                        f"{state['train_pairs']}: resuming would change the data order; choose another --out")
 
 
 def strip_prefixes(state: dict) -> dict:

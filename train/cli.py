@@ -150,7 +150,7 @@ def validate(config: TrainConfig, nproc_per_node: int | None = None, max_restart
     if (Path(config.run.out) / "state.pt").exists():
         from train.checkpoint import load_state  # torch, only when there is something to check
 
-        load_state(Path(config.run.out), mmap=True)
+        load_state(Path(config.run.out), mmap=True, config=config)
 
 
 RUN_LOCK = "IIPA_RUN_LOCK"  # set for torchrun's ranks when their launcher holds the run folder's lock

@@ -20,7 +20,8 @@ from torch.distributed.constants import default_pg_timeout
 from shards.console import UserError, progress
 from shards.locate import ShardIndex
 from shards.schema import write_json
-from train.checkpoint import initialise, load_state, restore_rng, rng_state, save_model, save_state
+from train.checkpoint import (check_same_pairs, initialise, load_state, restore_rng, rng_state, save_model,
+                              save_state)
 from train.config import TrainConfig
 from train.data import PairLoader, World, load_pairs, steps_per_epoch
 from train.metrics import AuditLog, MetricsLog, process_age, write_curve
@@ -124,7 +125,8 @@ def resume_position(state: dict | None, world: World, steps: int) -> tuple[int, 
     return state["step"], epoch, local
 
 
-def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, step, epoch, epoch_step, steps):
+def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, step, epoch, epoch_step, steps,
+               train_pairs: int):
     """Rank 0 writes model.pth/model.json and state.pt (each atomically); others wait."""
     if world.rank == 0:
         out = Path(config.run.out)
@@ -132,7 +134,7 @@ def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, s
         save_state({"model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "step": step, "epoch": epoch, "epoch_step": epoch_step, "steps_per_epoch": steps,
-                    "world_size": world.world_size, "config": config.to_dict(),
+                    "world_size": world.world_size, "config": config.to_dict(), "train_pairs": train_pairs,
                     "rng": rng_state()},
                    out)
     if dist.is_initialized():
@@ -190,7 +192,8 @@ class Trainer:
         if self.device.type == "cuda":
             self.raw_model.to(memory_format=torch.channels_last)
         self.optimizer, self.scheduler = make_optimizer(self.raw_model, config)
-        self.state = load_state(self.out)
+        self.state = load_state(self.out, config=config)
+        check_same_pairs(self.state, len(self.train_pairs), Path(config.data.pairs) / "train.parquet")
         if self.state is not None:
             self.raw_model.load_state_dict(self.state["model"])
             self.optimizer.load_state_dict(self.state["optimizer"])
@@ -293,7 +296,7 @@ class Trainer:
                         self.scheduler.step()
                     position = (epoch + 1, 0) if last_of_epoch else (epoch, epoch_step + 1)
                     checkpoint(self.raw_model, self.optimizer, self.scheduler, self.config, self.world, step,
-                               *position, self.steps)
+                               *position, self.steps, len(self.train_pairs))
                 if self.is_done(step):
                     break
                 t_wait = time.perf_counter()
