@@ -98,16 +98,18 @@ def commands(good, tmp):
         "ingest archive": (lambda a: ["ingest", "archive", a.get("paths", str(good["images"])), "--out", out],
                            {"paths": lambda k, d: file_with(k, d, "archive.jsonl")}, []),
         "ingest synthetic": (lambda a: ["ingest", "synthetic", "--out", out, "--users", "1", "--tweets-per-user", "1"],
-                             {}, [["--users", "0"], ["--image-size", "8"], ["--seed", "-1"]]),
+                             {}, [["--users", "0"], ["--tweets-per-user", "-2"], ["--image-size", "8"], ["--seed", "-1"]]),
         "ingest search": (lambda a: ["ingest", "search", "--trending", a.get("trending", str(good["trends"])),
                                      "--out", out], {"trending": lambda k, d: file_with(k, d, "trends.json")},
-                          [["--page-size", "5"], ["--max-tweets", "0"], ["--top", "0"]]),
+                          [["--page-size", "5"], ["--max-tweets", "0"], ["--top", "0"], ["--since", "yesterday"]]),
         "ingest trends": (lambda a: ["ingest", "trends", "--woeid", "1", "--out", out + ".json"], {},
                           [["--woeid", "0"], ["--top", "-1"]]),
         "pairs build": (lambda a: ["pairs", "build", "--images", a.get("images", str(good["images"])), "--out", out],
                         {"images": lambda k, d: file_with(k, d, "images.parquet")},
                         [["--threshold", "1.5"], ["--sigma", "0"], ["--seed", "-1"], ["--max-days", "-1"],
-                         ["--weights", "-1,0"], ["--split-shares", "0.5,0.5,0.5"], ["--min-likes", "-5"]]),
+                         ["--weights", "-1,0"], ["--split-shares", "0.5,0.5,0.5"], ["--min-likes", "-5"],
+                         ["--extra-share", "2"], ["--max-pairs-per-user", "-1"], ["--min-age-days", "-1"],
+                         ["--max-caption-diff", "-1"], ["--sigma", "nan"]]),
         "shards build": (lambda a: ["shards", "build", "--images", a.get("images", str(good["images"])), "--out", out,
                                     *(["--only-paired", a["pairs"]] if "pairs" in a else [])],
                          {"images": lambda k, d: file_with(k, d, "images.parquet"),
@@ -131,7 +133,8 @@ def commands(good, tmp):
                   [["--threads", "0"], ["--max-steps", "-1"], ["--lr-head", "-1"], ["--lr-backbone", "nan"],
                    ["--weight-decay", "-1"], ["--lr-decay", "0"], ["--epochs", "0"], ["--batch-pairs", "0"],
                    ["--resize", "0"], ["--crop", "0"], ["--seed", "-1"], ["--nproc-per-node", "0"],
-                   ["--max-restarts", "-3"], ["--backend", "nope"]]),
+                   ["--max-restarts", "-3"], ["--backend", "nope"], ["--val-every", "0"], ["--ckpt-every", "0"],
+                   ["--log-every", "0"], ["--lr-decay", "inf"]]),
         "eval": (lambda a: ["eval", "--model", a.get("model", model), "--shards", a.get("shards", shards),
                             "--pairs", a.get("pairs", pairs), "--out", out, "--no-faces", "--bootstrap", "10"],
                  {"model": lambda k, d: model_with(k, d, good), "shards": lambda k, d: shards_with(k, d, good),
@@ -217,3 +220,16 @@ def test_every_mistake_is_one_line_and_exit_2(command, good, tmp_path, capsys, c
         sweep.check([*base[:cut], *flag_value, *base[cut:]], flag_value[0])
     assert not sweep.failures, f"{len(sweep.failures)} of {sweep.tried} cases:\n" + "\n".join(sweep.failures)
     assert not (tmp_path / "out").exists(), "a refused command left output behind"
+
+
+def test_launch_checks_the_trainers_flags_before_starting_anything(good, tmp_path, capsys, caplog):
+    """`iipa launch train … -- TRAIN-ARGS`: the trainer's flags are checked on the launching node
+    (its inputs are not: they may live on the cluster's file system only)."""
+    caplog.set_level(logging.INFO)
+    sweep = Sweep(capsys, caplog)
+    base = ["launch", "train", "--nodes", "2", "--gpus-per-node", "1", "--rdzv", "h:29500", "--dry-run", "--",
+            "--shards", "/on/the/cluster", "--pairs", "/on/the/cluster", "--out", str(tmp_path / "run")]
+    for flag_value in (["--batch-pairs", "0"], ["--lr-head", "-1"], ["--bogus", "1"], ["--arch", "resnet9"]):
+        sweep.check([*base, *flag_value], flag_value[0])
+    assert not sweep.failures, "\n".join(sweep.failures)
+    assert run(base, capsys, caplog)[0] == 0  # inputs absent here: still a valid dry run

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from shards.console import EXIT_USAGE, PROGRESS, WORKER_ERRORS, Parser, UserError, check_out, run_main
@@ -157,10 +158,13 @@ RUN_LOCK = "IIPA_RUN_LOCK"  # set for torchrun's ranks when their launcher holds
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def hold_run_lock(out: Path):
-    """Lock RUN/.lock for the life of the returned file: a second trainer on the same run folder
-    would interleave checkpoints with this one, so it is refused in one line. The kernel drops
-    the lock when its holder dies, however it dies (kill -9 included)."""
+@contextmanager
+def run_lock(out: Path):
+    """Hold RUN/.lock while the block runs: a second trainer on the same run folder would
+    interleave checkpoints with this one, so it is refused in one line. The kernel drops the
+    lock when its holder dies, however it dies (kill -9 included). A folder this call created
+    and nothing else wrote to (the run failed at once) is removed again."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = open(out / ".lock", "a+")
     try:
@@ -174,7 +178,13 @@ def hold_run_lock(out: Path):
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
     lock.flush()
-    return lock
+    try:
+        yield
+    finally:
+        if created and [p.name for p in out.iterdir()] == [".lock"]:
+            (out / ".lock").unlink()  # still holding it: no other trainer is inside
+            out.rmdir()
+        lock.close()
 
 
 def die_with_parent(libc=None) -> None:
@@ -253,10 +263,8 @@ def main(argv=None, prog: str = "iipa train") -> int:
             die_with_parent()  # no rank outlives its torchrun
         # One trainer per run folder: this process holds the lock unless it is a rank whose
         # launcher holds it (or, under a torchrun started by hand, any rank but rank 0).
-        lock = None
-        if not under_torchrun or (os.environ.get(RUN_LOCK) is None and os.environ["RANK"] == "0"):
-            lock = hold_run_lock(Path(config.run.out))
-        try:
+        locks = not under_torchrun or (os.environ.get(RUN_LOCK) is None and os.environ["RANK"] == "0")
+        with run_lock(Path(config.run.out)) if locks else nullcontext():
             if args.nproc_per_node and not under_torchrun:
                 return launch_torchrun(args, argv, prog)
             from train.loop import train
@@ -265,8 +273,5 @@ def main(argv=None, prog: str = "iipa train") -> int:
             if result.get("rank", 0) == 0:
                 print(json.dumps(result))
             return 0
-        finally:
-            if lock is not None:
-                lock.close()
 
     return run_main(handler, args, prog)
