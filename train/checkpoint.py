@@ -167,11 +167,25 @@ def initialise(model: torch.nn.Module, spec: str) -> str:
     weights = Path(path) if kind == "iipa" and path else Path(spec) / "model.pth"
     if kind != "iipa" and not Path(spec).is_dir():
         raise UserError(f"--init {spec!r}: expected random, imagenet:PATH, iipa:PATH or a run folder")
-    try:
-        model.load_state_dict(read_weights(weights))
-    except RuntimeError as exc:
-        raise UserError(f"{weights}: does not match the architecture: {str(exc).splitlines()[0]}") from exc
+    load_matching(model, read_weights(weights), weights, "the architecture")
     return f"weights from {weights}"
+
+
+def load_matching(model: torch.nn.Module, state: dict, path: Path, what: str) -> None:
+    """Load a state_dict that must fit `model` exactly, or say in one line how it does not:
+    how many names are missing, unexpected or of another shape, with an example of each."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        model.load_state_dict(state)
+        return
+    parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+             f"{len(shapes)} of another shape (e.g. {shapes[0]}: {list(state[shapes[0]].shape)} in the file, "
+             f"{list(own[shapes[0]].shape)} here)" if shapes else ""]
+    raise UserError(f"{path}: does not match {what}: " + ", ".join(p for p in parts if p))
 
 
 def model_meta(model_path: Path) -> dict:
@@ -180,6 +194,8 @@ def model_meta(model_path: Path) -> dict:
     if text.startswith("iipa:"):
         return {"arch": "resnet50", "weights": Path(text[5:]), "preprocess": IIPA_PREPROCESS}
     path = Path(text)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file (a run's model.pth, or iipa:PATH for IIPA's weights)")
     meta_path = path.with_name("model.json")
     if not meta_path.exists():
         raise UserError(f"{meta_path}: missing (a run's model.pth has its model.json beside it; use iipa:PATH for IIPA weights)")

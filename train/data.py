@@ -24,6 +24,7 @@ import torch
 
 from shards.console import UserError
 from shards.locate import ShardIndex, resolve_pairs
+from shards.resize import image_error
 from train.config import DataConfig
 from train.decode import make_decoder
 
@@ -167,8 +168,7 @@ class PairLoader:
                     self.decoder([data], seed)
                 except Exception as exc:
                     ok[i] = False
-                    log.warning("unreadable image %s skipped (%s)", self.index.key(rows[i]),
-                                str(exc).splitlines()[0][:200])
+                    log.warning("unreadable image %s skipped (%s)", self.index.key(rows[i]), image_error(exc))
             self.bad_keys.update(self.index.key(r) for r in rows[~ok])
             if not ok.any():
                 raise RuntimeError(f"no image of this batch could be decoded (e.g. {self.index.key(rows[0])}): "
