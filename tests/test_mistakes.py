@@ -233,3 +233,20 @@ def test_launch_checks_the_trainers_flags_before_starting_anything(good, tmp_pat
         sweep.check([*base, *flag_value], flag_value[0])
     assert not sweep.failures, "\n".join(sweep.failures)
     assert run(base, capsys, caplog)[0] == 0  # inputs absent here: still a valid dry run
+
+
+def test_shards_index_of_a_truncated_tar_is_one_line_and_leaves_no_partial_set(good, tmp_path, capsys, caplog):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    tar = (good["shards"] / "shard-000000.tar").read_bytes()
+    for n in range(3):
+        (folder / f"shard-00000{n}.tar").write_bytes(tar)
+    with open(folder / "shard-000002.tar", "r+b") as f:  # the last one read: two indexes are done by then
+        f.truncate(len(tar) // 2)
+    sweep = Sweep(capsys, caplog)
+    sweep.check(["shards", "index", str(folder)], f"{folder / 'shard-000002.tar'}: ")
+    assert not sweep.failures, sweep.failures
+    assert sorted(p.name for p in folder.iterdir()) == [f"shard-00000{n}.tar" for n in range(3)]
+    (folder / "shard-000002.tar").write_bytes(tar)
+    assert run(["shards", "index", str(folder)], capsys, caplog)[0] == 0
+    assert len(list(folder.glob("*.idx"))) == 3
