@@ -139,7 +139,10 @@ class TrainConfig:
         sections = {}
         for f in fields(cls):
             section_cls = type(getattr(cls(), f.name))
-            values = dict(raw.get(f.name) or {})
+            given = raw.get(f.name) or {}
+            if not isinstance(given, dict):
+                raise ValueError(f"[{f.name}] must be a mapping of options, got {given!r}")
+            values = dict(given)
             known = {x.name: x for x in fields(section_cls)}
             unknown = set(values) - set(known)
             if unknown:
