@@ -189,3 +189,17 @@ def test_resuming_on_rebuilt_pairs_is_refused(dataset, stopped_run, tmp_path):
                    pairs / "train.parquet")
     line = one_line(train(dataset, stopped_run, "--max-steps", "4", pairs=pairs))
     assert f"has {table.num_rows - 3} usable pairs now" in line, line
+
+
+def test_resuming_on_the_same_number_of_pairs_in_another_order_is_refused(dataset, stopped_run, tmp_path):
+    import pyarrow.parquet as pq
+
+    pairs = tmp_path / "pairs"
+    shutil.copytree(dataset / "pairs", pairs)
+    table = pq.read_table(pairs / "train.parquet")
+    reversed_rows = table.take(pa.array(range(table.num_rows - 1, -1, -1)))
+    pq.write_table(reversed_rows.replace_schema_metadata(table.schema.metadata), pairs / "train.parquet")
+    line = one_line(train(dataset, stopped_run, "--max-steps", "4", pairs=pairs))
+    assert "or its shards changed since the run started" in line, line
+    resumed = train(dataset, stopped_run, "--max-steps", "3")  # the original pairs still resume
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

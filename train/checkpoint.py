@@ -124,11 +124,18 @@ def load_state(out: Path, mmap: bool = False, config: TrainConfig | None = None)
     return state
 
 
-def check_same_pairs(state: dict | None, pairs: int, path: Path) -> None:
-    """A resumed run must read the same training pairs (a rebuilt manifest shifts every position)."""
-    if state is not None and state.get("train_pairs", pairs) != pairs:
+def check_same_pairs(state: dict | None, pairs: int, fingerprint: str, path: Path) -> None:
+    """A resumed run must read the same training pairs in the same shard layout: a rebuilt pair
+    manifest, or shards rebuilt in another grouping, move every step's pairs (train.data's
+    pairs_fingerprint tells)."""
+    if state is None:
+        return
+    if state.get("train_pairs", pairs) != pairs:
         raise UserError(f"{path} has {pairs} usable pairs now, the run in progress started with "
                         f"{state['train_pairs']}: resuming would change the data order; choose another --out")
+    if state.get("data_fingerprint", fingerprint) != fingerprint:
+        raise UserError(f"{path} or its shards changed since the run started (other pairs, or the images in "
+                        "another shard layout): resuming would change the data order; choose another --out")
 
 
 def strip_prefixes(state: dict) -> dict:

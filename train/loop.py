@@ -23,7 +23,7 @@ from shards.schema import write_json
 from train.checkpoint import (check_same_pairs, initialise, load_state, restore_rng, rng_state, save_model,
                               save_state)
 from train.config import TrainConfig
-from train.data import PairLoader, World, load_pairs, steps_per_epoch
+from train.data import PairLoader, World, load_pairs, pairs_fingerprint, steps_per_epoch
 from train.metrics import AuditLog, MetricsLog, process_age, write_curve
 from train.model import build_model, head_parameters, pair_loss, pair_scores
 
@@ -126,7 +126,7 @@ def resume_position(state: dict | None, world: World, steps: int) -> tuple[int, 
 
 
 def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, step, epoch, epoch_step, steps,
-               train_pairs: int):
+               data: tuple[int, str]):
     """Rank 0 writes model.pth/model.json and state.pt (each atomically); others wait."""
     if world.rank == 0:
         out = Path(config.run.out)
@@ -134,7 +134,8 @@ def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, s
         save_state({"model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "step": step, "epoch": epoch, "epoch_step": epoch_step, "steps_per_epoch": steps,
-                    "world_size": world.world_size, "config": config.to_dict(), "train_pairs": train_pairs,
+                    "world_size": world.world_size, "config": config.to_dict(),
+                    "train_pairs": data[0], "data_fingerprint": data[1],
                     "rng": rng_state()},
                    out)
     if dist.is_initialized():
@@ -193,7 +194,9 @@ class Trainer:
             self.raw_model.to(memory_format=torch.channels_last)
         self.optimizer, self.scheduler = make_optimizer(self.raw_model, config)
         self.state = load_state(self.out, config=config)
-        check_same_pairs(self.state, len(self.train_pairs), Path(config.data.pairs) / "train.parquet")
+        self.data_fingerprint = pairs_fingerprint(self.train_pairs)
+        check_same_pairs(self.state, len(self.train_pairs), self.data_fingerprint,
+                         Path(config.data.pairs) / "train.parquet")
         if self.state is not None:
             self.raw_model.load_state_dict(self.state["model"])
             self.optimizer.load_state_dict(self.state["optimizer"])
@@ -296,7 +299,7 @@ class Trainer:
                         self.scheduler.step()
                     position = (epoch + 1, 0) if last_of_epoch else (epoch, epoch_step + 1)
                     checkpoint(self.raw_model, self.optimizer, self.scheduler, self.config, self.world, step,
-                               *position, self.steps, len(self.train_pairs))
+                               *position, self.steps, (len(self.train_pairs), self.data_fingerprint))
                 if self.is_done(step):
                     break
                 t_wait = time.perf_counter()
