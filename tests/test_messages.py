@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision
 
+from eval.cli import score_main
 from eval.score import ScoreConfig, score_images
 from shards.console import UserError
 from shards.pool import write_manifest
 from shards.resize import ResizeConfig, resize_image
 from shards.verify import verify_shards
-from tests.conftest import run_iipa
 from tests.test_eval import make_run, make_shards
 from train.checkpoint import initialise, model_meta
 
@@ -24,13 +24,13 @@ def run(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("run"))[0]
 
 
-def test_a_missing_model_file_is_named_not_its_model_json(tmp_path):
+def test_a_missing_model_file_is_named_not_its_model_json(tmp_path, capsys):
     (tmp_path / "model.json").write_text('{"arch": "resnet18", "preprocess": {}}')
     with pytest.raises(UserError, match=r"nope\.pth: no such model file"):
         model_meta(tmp_path / "nope.pth")
-    result = run_iipa("score", "--model", str(tmp_path / "nope.pth"), str(tmp_path / "a.jpg"))
-    assert result.returncode == 2 and "nope.pth: no such model file" in result.stderr, result.stderr
-    assert "model.json" not in result.stderr.replace("model.json beside", "")
+    assert score_main(["--model", str(tmp_path / "nope.pth"), str(tmp_path / "a.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.pth: no such model file" in err, err
 
 
 def test_a_checkpoint_of_another_shape_says_what_differs(tmp_path):

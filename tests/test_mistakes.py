@@ -219,6 +219,7 @@ def test_every_mistake_is_one_line_and_exit_2(command, good, tmp_path, capsys, c
         cut = base.index("--") if "--" in base else len(base)
         sweep.check([*base[:cut], *flag_value, *base[cut:]], flag_value[0])
     assert not sweep.failures, f"{len(sweep.failures)} of {sweep.tried} cases:\n" + "\n".join(sweep.failures)
+    assert good["file"].read_text() == "I am a file\n"  # the file an --out was put under is untouched
     assert not (tmp_path / "out").exists(), "a refused command left output behind"
 
 
