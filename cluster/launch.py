@@ -109,11 +109,14 @@ def slurm_script(config: LaunchConfig) -> str:
 
 
 def run_torchrun(config: LaunchConfig, dry_run: bool) -> int:
+    """This node's torchrun, supervised: a stop reaches its ranks, a rank's mistake is one line."""
+    from train.cli import supervise
+
     cmd = torchrun_command(config)
-    print(shlex.join(cmd))
+    print(shlex.join(cmd), flush=True)
     if dry_run:
         return 0
-    return subprocess.call(cmd, env={**launch_env(config), **os.environ})
+    return supervise(cmd, {**launch_env(config), **os.environ}, "iipa launch train")
 
 
 def run_slurm(config: LaunchConfig, dry_run: bool) -> int:

@@ -53,9 +53,17 @@ def foreign_pairs(tmp_path) -> Path:
 
 # ---- point 5: one line, before any work, under torchrun too ---------------------------------
 
-@pytest.mark.parametrize("launch", [[], ["--nproc-per-node", "1"]], ids=["one-process", "torchrun"])
+@pytest.mark.parametrize("launch", ["one-process", "torchrun", "launch"])
 def test_pairs_absent_from_the_shards_are_one_line_under_torchrun_too(dataset, foreign_pairs, tmp_path, launch):
-    result = train(dataset, tmp_path / "run", *launch, pairs=foreign_pairs)
+    if launch == "launch":  # `iipa launch train`: one node's torchrun with c10d rendezvous
+        from tests.test_cluster import free_port
+
+        result = run_iipa("launch", "train", "--nodes", "1", "--gpus-per-node", "1", "--rdzv",
+                          f"127.0.0.1:{free_port()}", "--max-restarts", "0", "--", "--shards", str(dataset / "shards"),
+                          "--pairs", str(foreign_pairs), "--out", str(tmp_path / "run"), *ARGS, timeout=300)
+    else:
+        result = train(dataset, tmp_path / "run", *(["--nproc-per-node", "1"] if launch == "torchrun" else []),
+                       pairs=foreign_pairs)
     line = one_line(result)
     assert "none of its 2 pairs has both images" in line, line
     assert "ChildFailedError" not in result.stderr and "torch.distributed" not in result.stderr

@@ -197,19 +197,25 @@ def die_with_parent(libc=None) -> None:
 
 
 def launch_torchrun(args, argv: list[str], prog: str) -> int:
-    """Re-run this command as `torchrun --standalone --nproc-per-node N -m train …` and wait.
+    """Re-run this command as `torchrun --standalone --nproc-per-node N -m train …` and wait."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
+           f"--max-restarts={args.max_restarts}", "-m", "train", *argv]
+    return supervise(cmd, {**os.environ, RUN_LOCK: "held"}, prog)
+
+
+def supervise(cmd: list[str], env: dict[str, str], prog: str) -> int:
+    """Run a torchrun command and wait for it, so that stopping this process stops the job and
+    a rank's mistake reads as this command's one line.
 
     torchrun runs in a session of its own: a stop signal to this process (or its group) is
     forwarded once, torchrun stops its ranks and exits, and this process waits for that; if this
     process is killed outright, torchrun gets SIGTERM from the kernel (die_with_parent). A rank's
     user error comes back as this command's one line: the ranks record it in a file, and what
     torchrun prints after it (its ChildFailedError traceback) is not passed on."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
-           f"--max-restarts={args.max_restarts}", "-m", "train", *argv]
     libc = ctypes.CDLL(None)  # loaded before the fork: the child only calls it
     with tempfile.TemporaryDirectory(prefix="iipa-train-") as tmp:
         errors = Path(tmp) / "errors"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_ERRORS: str(errors), RUN_LOCK: "held",
+        env = {**env, "PYTHONUNBUFFERED": "1", WORKER_ERRORS: str(errors),
                PROGRESS: "1" if sys.stderr.isatty() else "0"}
         child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True,
                                  preexec_fn=lambda: die_with_parent(libc))
