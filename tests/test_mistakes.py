@@ -96,7 +96,9 @@ def commands(good, tmp):
     shards, pairs, model = str(good["shards"]), str(good["pairs"]), str(good["model"])
     return {
         "ingest archive": (lambda a: ["ingest", "archive", a.get("paths", str(good["images"])), "--out", out],
-                           {"paths": lambda k, d: file_with(k, d, "archive.jsonl")}, []),
+                           {"paths": lambda k, d: file_with(k, d, "archive.jsonl")},
+                           [["--collected-at", "yesterday"], ["--columns", "bogus"], ["--set", "x"], ["--media", "audio"],
+                            ["--format", "docx"]]),
         "ingest synthetic": (lambda a: ["ingest", "synthetic", "--out", out, "--users", "1", "--tweets-per-user", "1"],
                              {}, [["--users", "0"], ["--tweets-per-user", "-2"], ["--image-size", "8"], ["--seed", "-1"]]),
         "ingest search": (lambda a: ["ingest", "search", "--trending", a.get("trending", str(good["trends"])),
