@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.console import Parser, UserError, run_main
+from shards.console import Parser, UserError, check_out, run_main
 
 # stage → module under cluster.benches; each is imported only when run.
 BENCHES = {
@@ -125,6 +125,9 @@ def main(argv=None, prog: str = "iipa bench") -> int:
         unknown = [s for s in args.stages if s not in BENCHES]
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+        check_out(args.workdir, "--workdir")
+        if args.json:
+            check_out(args.json, "--json", folder=False)
         size = args.size or ("quick" if args.quick else "full" if args.stages else "suite")
         results = []
         for stage in args.stages or list(BENCHES):

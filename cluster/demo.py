@@ -22,7 +22,7 @@ from eval.metrics import accuracy_with_interval, pair_correct
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.synthetic import SyntheticConfig, generate
 from shards.build import BuildConfig, build_shards
-from shards.console import UserError
+from shards.console import UserError, check_out
 from shards.fetch import FetchConfig
 from shards.pairs import PairsConfig, build_pairs
 from shards.resize import ResizeConfig
@@ -106,6 +106,9 @@ def write_demo_report(out: Path, summary: dict) -> None:
 def run_demo(config: DemoConfig) -> dict:
     """Run every stage; return the summary written to OUT/report.json."""
     out = Path(config.out)
+    if config.nproc < 1 or config.seed < 0:
+        raise UserError(f"--nproc must be ≥ 1 and --seed ≥ 0, got {config.nproc} and {config.seed}")
+    check_out(out)
     if out.exists() and any(out.iterdir()) and not (out / "raw").exists():
         raise UserError(f"{out}: exists and is not a demo folder; choose another --out")
     seconds: dict[str, float] = {}

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shards.console import Parser, UserError, run_main
+from shards.console import Parser, UserError, check_out, run_main
 
 SCHEDULERS = ("torchrun", "slurm", "ray")
 
@@ -53,10 +53,17 @@ def validate(config: LaunchConfig) -> None:
     if config.nodes < 1 or config.gpus_per_node < 1:
         raise UserError("--nodes and --gpus-per-node must be ≥ 1")
     host, _, port = config.rdzv.rpartition(":")
-    if not port.isdigit() or (config.scheduler == "torchrun" and not host):
-        raise UserError(f"--rdzv must be HOST:PORT, got {config.rdzv!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or (config.scheduler == "torchrun" and not host):
+        raise UserError(f"--rdzv must be HOST:PORT with PORT in 1..65535, got {config.rdzv!r}")
+    if config.max_restarts < 0:
+        raise UserError(f"--max-restarts must be ≥ 0, got {config.max_restarts}")
+    if config.scheduler == "slurm":
+        check_out(config.slurm_script, "--slurm-script", folder=False)
     if not config.train_args:
         raise UserError("give the training arguments after --, e.g. -- --shards S --pairs P --out RUN")
+    from train.cli import check_train_args
+
+    check_train_args(config.train_args, "iipa launch train --")
 
 
 def launch_env(config: LaunchConfig) -> dict[str, str]:
@@ -107,11 +114,14 @@ def node_env(config: LaunchConfig) -> dict[str, str]:
 
 
 def run_torchrun(config: LaunchConfig, dry_run: bool) -> int:
+    """This node's torchrun, supervised: a stop reaches its ranks, a rank's mistake is one line."""
+    from train.cli import supervise
+
     cmd, env = torchrun_command(config), node_env(config)
-    print(shlex.join(["env", *(f"{name}={value}" for name, value in env.items()), *cmd]))  # runnable as printed
+    print(shlex.join(["env", *(f"{name}={value}" for name, value in env.items()), *cmd]), flush=True)  # runnable as printed
     if dry_run:
         return 0
-    return subprocess.call(cmd, env={**os.environ, **env})
+    return supervise(cmd, {**os.environ, **env}, "iipa launch train")
 
 
 def run_slurm(config: LaunchConfig, dry_run: bool) -> int:

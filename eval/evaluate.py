@@ -23,7 +23,7 @@ from eval.metrics import (accuracy_with_interval, activity_buckets, grouped_accu
                           reliability, spearman, user_centred_correlation)
 from eval.score import Scorer
 from eval.visual import STATS, face_detector, image_stats
-from shards.console import UserError, progress
+from shards.console import UserError, check_out, progress
 from shards.locate import ShardIndex
 from shards.schema import parquet_files, read_table
 
@@ -90,6 +90,7 @@ def load_pairs(path: Path, index: ShardIndex) -> Pairs:
     present = index.both_present(hi, lo)
     if not present.any():
         raise UserError(f"{path}: none of its {len(hi)} pairs has both images in {index.dir}")
+    index.subset(index.rows(np.concatenate([hi[present], lo[present]]))).check_files()
     return Pairs(hi[present], lo[present], arrays["user_id"][present], arrays["rule"][present],
                  split_all[present], arrays["prob"][present], arrays["hi_pop"][present], arrays["lo_pop"][present],
                  int((~present).sum()))
@@ -232,8 +233,9 @@ def evaluate(config: EvalConfig) -> dict:
     """Score every image of the pairs once and write REPORT/report.{json,md} and plots."""
     from eval.report import write_report
 
-    if config.bootstrap < 1 or config.batch_size < 1:
-        raise UserError("--bootstrap and --batch-size must be ≥ 1")
+    if config.bootstrap < 1 or config.batch_size < 1 or config.threads < 1 or config.seed < 0:
+        raise UserError("--bootstrap, --batch-size and --threads must be ≥ 1 and --seed ≥ 0")
+    check_out(config.out)
     index = ShardIndex(config.shards)
     pairs = load_pairs(Path(config.pairs), index)
     scorers = {"model": Scorer(config.model, config.backend, config.batch_size, config.threads, config.device)}

@@ -18,8 +18,9 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
 
-from shards.console import UserError, progress
-from train.checkpoint import model_meta, read_weights
+from shards.console import UserError, check_out, progress
+from shards.resize import image_error
+from train.checkpoint import load_matching, model_meta, read_weights
 from train.config import DataConfig
 from train.decode import make_decoder
 from train.model import build_model
@@ -47,10 +48,7 @@ class Scorer:
         meta = model_meta(Path(model_path) if not str(model_path).startswith("iipa:") else model_path)
         self.device = pick_device(device)
         self.model = build_model(meta["arch"])
-        try:
-            self.model.load_state_dict(read_weights(Path(meta["weights"])))
-        except RuntimeError as exc:
-            raise UserError(f"{meta['weights']}: does not match {meta['arch']}: {str(exc).splitlines()[0]}") from exc
+        load_matching(self.model, read_weights(Path(meta["weights"])), Path(meta["weights"]), meta["arch"])
         self.model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
@@ -86,7 +84,7 @@ class Scorer:
             try:
                 scores[i] = self._forward([data])[0]
             except Exception as exc:  # decoders raise many types for a bad file; recorded, not lost
-                errors[i] = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]  # DALI's run over lines
+                errors[i] = image_error(exc, 300)  # one line: DALI's run over several
         return scores, errors
 
 
@@ -118,7 +116,9 @@ def list_images(inputs: list[Path]) -> list[Path]:
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            # A dangling link is listed too: it becomes a not_found row, not a silent gap.
+            found = sorted(p for p in item.rglob("*")
+                           if (p.is_file() or p.is_symlink() and not p.exists()) and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise UserError(f"{item}: no image files in this folder")
             paths.extend(found)
@@ -205,10 +205,12 @@ def score_images(config: ScoreConfig) -> pa.Table:
     """Score every input image (files, folders, or a shards folder); one row per input."""
     if not config.inputs and config.shards is None:
         raise UserError("give images or folders to score, or --shards DIR")
-    if config.batch_size < 1:
-        raise UserError("--batch-size must be ≥ 1")
+    if config.batch_size < 1 or config.threads < 1:
+        raise UserError("--batch-size and --threads must be ≥ 1")
     if config.out is not None and Path(config.out).suffix.lower() not in (".csv", ".parquet"):
         raise UserError(f"--out {config.out}: expected a .csv or .parquet file")
+    if config.out is not None:
+        check_out(config.out, folder=False)
     pick_device(config.device)  # a bad --device fails before any file is listed or read
     paths = list_images(config.inputs)
     scorer = Scorer(config.model, config.backend, config.batch_size, config.threads, config.device)

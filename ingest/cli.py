@@ -9,7 +9,7 @@ from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.reader import READERS, FormatError
 from ingest.synthetic import SyntheticConfig, generate
 from ingest.table import parse_columns, parse_constants
-from shards.console import Parser, UserError, run_main
+from shards.console import Parser, UserError, check_out, run_main
 
 
 def build_parser(prog: str = "iipa ingest") -> Parser:
@@ -80,12 +80,16 @@ def _trend_filters(p) -> None:
 
 
 def _search(args) -> int:
-    from ingest.search import SearchConfig, search_tweets
+    from ingest.search import SearchConfig, check_options, search_tweets
 
     config = SearchConfig(out=args.out, hashtags=[t for t in args.hashtags.split(",") if t.strip()],
                           query=args.query, since=args.since, until=args.until, max_tweets=args.max_tweets,
                           full_archive=args.all, page_size=args.page_size, images=args.images)
+    check_options(config)
     trending = args.trending is not None or args.woeid is not None
+    check_out(args.out, folder=trending)
+    if args.images is not None:
+        check_out(args.images, "--images", folder=None)
     if (args.top is not None or args.hashtags_only) and not trending:
         raise UserError("--top and --hashtags-only choose among trends: give --trending FILE or --woeid N")
     if not trending:
@@ -106,6 +110,7 @@ def _search(args) -> int:
 def _trends(args) -> int:
     from ingest.trends import TrendsConfig, fetch_trends
 
+    check_out(args.out, folder=False)
     print(json.dumps(fetch_trends(TrendsConfig(args.woeid, args.out, args.top, args.hashtags_only))))
     return 0
 
@@ -115,6 +120,7 @@ def _archive(args) -> int:
     unknown = sorted(set(media) - {"photo", "video", "animated_gif"})
     if unknown or not media:
         raise UserError(f"--media: unknown type(s) {', '.join(unknown) or '(none)'}; choose photo, video, animated_gif")
+    check_out(args.out, folder=None)
     config = ArchiveConfig(paths=args.paths, out=args.out, format=args.format, collected_at=args.collected_at,
                            media=media, columns=parse_columns(args.columns) or None,
                            constants=parse_constants(args.constants) or None, originals=not args.no_originals)
@@ -125,8 +131,9 @@ def _archive(args) -> int:
 
 
 def _synthetic(args) -> int:
-    if args.users < 1 or args.tweets_per_user < 1 or args.image_size < 16:
-        raise UserError("--users and --tweets-per-user must be ≥ 1 and --image-size ≥ 16")
+    if args.users < 1 or args.tweets_per_user < 1 or args.image_size < 16 or args.seed < 0:
+        raise UserError("--users and --tweets-per-user must be ≥ 1, --image-size ≥ 16 and --seed ≥ 0")
+    check_out(args.out)
     print(json.dumps(generate(SyntheticConfig(args.out, args.users, args.tweets_per_user, args.image_size, args.seed))))
     return 0
 

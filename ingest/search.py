@@ -226,13 +226,8 @@ def save_page(f, page: dict, url: str) -> None:
     os.fsync(f.fileno())
 
 
-def search_tweets(config: SearchConfig, client=None) -> dict:
-    """Run (or resume) a search, saving raw pages to `config.out`; return a summary.
-
-    `client` is a `tweepy.Client`; by default one is made with the token of `X_BEARER_TOKEN`.
-    """
-    import tweepy
-
+def check_options(config: SearchConfig) -> tuple:
+    """Refuse impossible options before anything is written or asked; return (since, until) as times."""
     limit = 500 if config.full_archive else 100
     if not 10 <= config.page_size <= limit:
         raise UserError(f"--page-size must be within 10..{limit}")
@@ -244,6 +239,17 @@ def search_tweets(config: SearchConfig, client=None) -> dict:
         raise UserError(f"--since/--until: {config.since or ''} {config.until or ''} is not an ISO date or time") from None
     if start and end and start >= end:
         raise UserError("--since must be before --until")
+    return start, end
+
+
+def search_tweets(config: SearchConfig, client=None) -> dict:
+    """Run (or resume) a search, saving raw pages to `config.out`; return a summary.
+
+    `client` is a `tweepy.Client`; by default one is made with the token of `X_BEARER_TOKEN`.
+    """
+    import tweepy
+
+    start, end = check_options(config)
     params = {"query": build_query(config), "endpoint": "all" if config.full_archive else "recent",
               "start_time": start.isoformat() if start else None, "end_time": end.isoformat() if end else None}
     client, token = prepared(client or make_client())

@@ -16,11 +16,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.console import UserError
+from shards.console import UserError, check_out
 from shards.dali_index import write_index
 from shards.fetch import FetchConfig, fetch, http_client, is_x_media, x_variant
 from shards.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
-from shards.resize import RESAMPLE, ResizeConfig, resize_image
+from shards.resize import ResizeConfig, check_resize, resize_image
 from shards.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
 from shards.schema import IMAGES, OK, conform, read_table
 from shards.writer import ShardWriter, is_complete, remove_stale, shard_name
@@ -69,13 +69,13 @@ def validate(config: BuildConfig) -> None:
     """Refuse options that cannot work before any work starts."""
     if config.shard_size < 1 or config.workers < 1 or config.threads < 1:
         raise UserError("--shard-size, --workers and --threads must be ≥ 1")
-    if config.resize.size < 16 or not 1 <= config.resize.quality <= 100:
-        raise UserError("--size must be ≥ 16 and --quality between 1 and 100")
-    if config.resize.resample not in RESAMPLE:
-        raise UserError(f"unknown resampling filter {config.resize.resample!r}; choose from {', '.join(RESAMPLE)}")
-    if config.fetch.timeout <= 0 or config.fetch.retries < 0:
+    check_resize(config.resize)
+    if not 0 < config.fetch.timeout < float("inf") or config.fetch.retries < 0:
         raise UserError("--timeout must be > 0 and --fetch-retries ≥ 0")
+    if config.fetch.max_bytes < 1:
+        raise UserError(f"--max-bytes must be ≥ 1, got {config.fetch.max_bytes}")
     status_patterns(config.retry_statuses)
+    check_out(config.out)
     for root in config.fetch.allow_local:
         if not Path(root).is_dir():
             raise UserError(f"--allow-local {root}: no such folder")

@@ -17,9 +17,18 @@ VERSION = "v1.2"
 
 
 def tar_members(tar_path: Path) -> list[tuple[str, int, int]]:
-    """(name, data offset, size) of the regular files of a tar, in order."""
-    with tarfile.open(tar_path, "r:") as tar:
-        return [(m.name, m.offset_data, m.size) for m in tar.getmembers() if m.isreg()]
+    """(name, data offset, size) of the regular files of a tar, in order; a tar that does not
+    parse, or whose last member runs past its end (a truncated copy), is a UserError."""
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            members = [(m.name, m.offset_data, m.size) for m in tar.getmembers() if m.isreg()]
+    except tarfile.TarError as exc:
+        raise UserError(f"{tar_path}: not a readable tar ({exc}); run `iipa shards verify`") from None
+    end = max((offset + size for _, offset, size in members), default=0)
+    if end > tar_path.stat().st_size:
+        raise UserError(f"{tar_path}: truncated ({tar_path.stat().st_size} bytes, its members need {end}); "
+                        "rebuild it with `iipa shards build` or `rebuild`")
+    return members
 
 
 def index_text(members: list[tuple[str, int, int]]) -> str:
@@ -40,19 +49,28 @@ def index_text(members: list[tuple[str, int, int]]) -> str:
     return f"{VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
 
 
-def write_index(tar_path: Path) -> Path:
-    """Write `{name}.idx` beside a tar, atomically."""
-    idx = tar_path.with_suffix(".idx")
-    tmp = idx.with_name(f".{idx.name}.tmp")
-    tmp.write_text(index_text(tar_members(tar_path)))
-    os.replace(tmp, idx)
-    return idx
-
-
 def index_shards(shards_dir: str | os.PathLike) -> list[Path]:
-    """DALI index files for every tar of a shards folder; return their paths."""
+    """DALI index files for every tar of a shards folder; return their paths.
+
+    All or nothing: every index is written under a temporary name first and the set is renamed
+    into place only once every tar has been read, so a bad tar leaves no partial set behind."""
     folder = Path(shards_dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such shards folder")
     tars = sorted(p for p in folder.glob("*.tar") if not p.name.startswith("."))
     if not tars:
         raise UserError(f"{folder}: no shards (.tar files) here")
-    return [write_index(tar) for tar in progress(tars, desc="index", unit="shard")]
+    written: list[tuple[Path, Path]] = []
+    try:
+        for tar in progress(tars, desc="index", unit="shard"):
+            idx = tar.with_suffix(".idx")
+            tmp = idx.with_name(f".{idx.name}.tmp")
+            tmp.write_text(index_text(tar_members(tar)))
+            written.append((tmp, idx))
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, idx in written:
+        os.replace(tmp, idx)
+    return [idx for _, idx in written]

@@ -160,6 +160,23 @@ class ShardIndex:
         rows = self.rows(np.concatenate([hi, lo]))  # one lookup: the index's hash table is built per call
         return (rows[:len(hi)] >= 0) & (rows[len(hi):] >= 0)
 
+    def check_files(self) -> None:
+        """Every tar this index points into exists and holds its samples' bytes: a missing or
+        truncated shard is one clear line before the work, not a decoding failure in the middle
+        of it. One pass over the offsets (ufunc.at: 0.05 s for 10 M samples)."""
+        ends = np.zeros(len(self.shard_names), dtype=np.int64)
+        np.maximum.at(ends, self.shard, self.offsets + self.sizes)
+        used = np.flatnonzero(ends)
+        absent = [name for name in self.shard_names[used] if not (self.dir / name).is_file()]
+        if absent:
+            raise UserError(f"{len(absent)} shard(s) missing from {self.dir}, e.g. {absent[0]}: "
+                            "rebuild them with `iipa shards build` (it resumes)")
+        for i in used:
+            size = (self.dir / self.shard_names[i]).stat().st_size
+            if size < ends[i]:
+                raise UserError(f"{self.dir / self.shard_names[i]}: truncated ({size} bytes, its samples need "
+                                f"{ends[i]}): run `iipa shards verify`, then rebuild the shard")
+
     def locate_row(self, row: int) -> Location:
         return Location(self.shard_names[self.shard[row]], int(self.offsets[row]), int(self.sizes[row]))
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
-from shards.console import UserError
+from shards.console import UserError, check_out
 
 SPLITS = ("train", "val", "test")
 DAY_US = 86_400 * 1_000_000
@@ -102,6 +102,9 @@ class PairsConfig:
             raise UserError(f"--split must be user or pair, got {self.split!r}")
         if self.preset not in ("twitter", "ding"):
             raise UserError(f"unknown preset {self.preset!r}; choose twitter or ding")
+        if self.seed < 0:
+            raise UserError(f"--seed must be ≥ 0, got {self.seed}")
+        check_out(self.out)
 
     def min_gap(self) -> float:
         """The score gap S_hi − S_lo at which P reaches the threshold (Φ is increasing)."""

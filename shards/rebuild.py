@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.build import write_shard
-from shards.console import UserError
+from shards.console import UserError, check_out
 from shards.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
-from shards.resize import ResizeConfig, resize_image
+from shards.resize import ResizeConfig, check_resize, resize_image
 from shards.schema import OK, read_table
 from shards.writer import is_complete, remove_stale, shard_name
 
@@ -139,6 +139,8 @@ def validate(config: RebuildConfig) -> None:
         raise UserError(f"--by must be one of {', '.join(GROUPINGS)}")
     if config.shard_size < 1 or config.workers < 1 or (config.size is not None and config.size < 16):
         raise UserError("--shard-size and --workers must be ≥ 1 and --size ≥ 16")
+    check_resize(config.resize)
+    check_out(config.out)
     source, out = Path(config.shards).resolve(), Path(config.out).resolve()
     if not (source / "manifest.json").exists():
         raise UserError(f"{config.shards}: not a shards folder (no manifest.json)")

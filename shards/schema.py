@@ -207,5 +207,8 @@ def read_columns(path: str | os.PathLike, kind: str, columns: list[str], diction
             table = parquet.read(columns=present)
         except (pa.ArrowInvalid, OSError) as exc:
             raise SchemaError(f"{file}: not a readable Parquet file ({exc})") from exc
+        except KeyError as exc:  # a dictionary column the file lacks
+            name = exc.args[0].decode() if isinstance(exc.args[0], bytes) else exc.args[0]
+            raise SchemaError(f"{file}: missing required column {name!r}") from None
         tables.append(conform(table, schema, f"{file}"))
     return pa.concat_tables(tables)

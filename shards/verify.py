@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from shards.console import UserError, progress
+from shards.resize import image_error
 from shards.schema import OK, SchemaError, read_table
 
 
@@ -47,7 +48,7 @@ def _check_member(name: str, data: bytes, row: dict | None) -> list[str]:
         if img.size != (row["width"], row["height"]):
             problems.append(f"{name}: {img.size[0]}x{img.size[1]}, the row says {row['width']}x{row['height']}")
     except (OSError, ValueError, SyntaxError) as exc:
-        problems.append(f"{name}: does not decode ({type(exc).__name__}: {exc})"[:200])
+        problems.append(f"{name}: does not decode ({image_error(exc)})")
     return problems
 
 
@@ -102,8 +103,15 @@ def _check_manifest(manifest: dict, reports: list[dict], folder: Path) -> list[s
     problems = []
     listed = {s["tar"]: s for s in manifest.get("shards", [])}
     found = {r["shard"]: r for r in reports}
-    for name in sorted(set(listed) - set(found)):
-        problems.append(f"manifest lists {name}, which is not in the folder")
+    for name in sorted(set(listed) - set(found)):  # no slice was found for it: say which file is gone
+        slice_name = Path(name).with_suffix(".parquet").name
+        if (folder / name).exists():
+            problems.append(f"{name}: its Parquet slice {slice_name} is missing (the tar is there)")
+        else:
+            problems.append(f"manifest lists {name}, but neither it nor its slice {slice_name} is in the folder")
+    for tar in sorted(p.name for p in folder.glob("*.tar") if not p.name.startswith(".")):
+        if tar not in listed and tar not in found:
+            problems.append(f"{tar}: a tar with no Parquet slice beside it, not in the manifest")
     for name in sorted(set(found) - set(listed)):
         problems.append(f"{name} is not in the manifest")
     for name in sorted(set(listed) & set(found)):

@@ -129,7 +129,7 @@ def test_score_cli_table_and_one_line_errors(small_run, folder, tmp_path, capsys
     assert err.count("\n") == 1 and "xlsx" in err
     assert score_main(["--model", str(tmp_path / "none" / "model.pth"), str(folder)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "model.json" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "none/model.pth: no such model file" in err and "Traceback" not in err
 
 
 def test_user_mistakes_raise_user_errors(small_run, tmp_path):

@@ -95,16 +95,47 @@ def save_state(state: dict, out: Path) -> None:
     _atomic_save(state, out / "state.pt")
 
 
-def load_state(out: Path, mmap: bool = False) -> dict | None:
+# What a resumed run must share with the run that wrote state.pt: the settings that decide the
+# data order (which pairs a step holds, so resuming at step k continues the same sequence) and
+# the model's shape. (section, field, how the user sets it.)
+RESUME_FIXED = (("run", "batch_pairs", "--batch-pairs"), ("run", "seed", "--seed"),
+                ("data", "shuffle_shards", "[data] shuffle_shards"), ("model", "arch", "--arch"))
+
+
+def load_state(out: Path, mmap: bool = False, config: TrainConfig | None = None) -> dict | None:
     """RUN/state.pt if there is one (weights-only; `mmap` maps tensors instead of reading them,
-    for a cheap check before the ranks start)."""
+    for a cheap check before the ranks start); with `config`, refuse to resume it under
+    settings that would change the data order or the model (RESUME_FIXED), naming the setting."""
     path = out / "state.pt"
     if not path.exists():
         return None
     state = load_weights_only(path, mmap)
     if not isinstance(state, dict) or not {"model", "optimizer", "step", "epoch", "epoch_step"} <= set(state):
         raise UserError(f"{path}: not a state.pt of iipa train (delete it to start afresh)")
+    saved = state.get("config")
+    if config is not None and isinstance(saved, dict):
+        now = config.to_dict()
+        for section, name, flag in RESUME_FIXED:
+            before = (saved.get(section) or {}).get(name, now[section][name])
+            if before != now[section][name]:
+                raise UserError(f"{path} was written with {flag} {before}, this run asks for {now[section][name]}: "
+                                f"resuming would change the {'model' if name == 'arch' else 'data order'}; "
+                                f"pass {flag} {before} to resume, or choose another --out")
     return state
+
+
+def check_same_pairs(state: dict | None, pairs: int, fingerprint: str, path: Path) -> None:
+    """A resumed run must read the same training pairs in the same shard layout: a rebuilt pair
+    manifest, or shards rebuilt in another grouping, move every step's pairs (train.data's
+    pairs_fingerprint tells)."""
+    if state is None:
+        return
+    if state.get("train_pairs", pairs) != pairs:
+        raise UserError(f"{path} has {pairs} usable pairs now, the run in progress started with "
+                        f"{state['train_pairs']}: resuming would change the data order; choose another --out")
+    if state.get("data_fingerprint", fingerprint) != fingerprint:
+        raise UserError(f"{path} or its shards changed since the run started (other pairs, or the images in "
+                        "another shard layout): resuming would change the data order; choose another --out")
 
 
 def strip_prefixes(state: dict) -> dict:
@@ -143,11 +174,25 @@ def initialise(model: torch.nn.Module, spec: str) -> str:
     weights = Path(path) if kind == "iipa" and path else Path(spec) / "model.pth"
     if kind != "iipa" and not Path(spec).is_dir():
         raise UserError(f"--init {spec!r}: expected random, imagenet:PATH, iipa:PATH or a run folder")
-    try:
-        model.load_state_dict(read_weights(weights))
-    except RuntimeError as exc:
-        raise UserError(f"{weights}: does not match the architecture: {str(exc).splitlines()[0]}") from exc
+    load_matching(model, read_weights(weights), weights, "the architecture")
     return f"weights from {weights}"
+
+
+def load_matching(model: torch.nn.Module, state: dict, path: Path, what: str) -> None:
+    """Load a state_dict that must fit `model` exactly, or say in one line how it does not:
+    how many names are missing, unexpected or of another shape, with an example of each."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        model.load_state_dict(state)
+        return
+    parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+             f"{len(shapes)} of another shape (e.g. {shapes[0]}: {list(state[shapes[0]].shape)} in the file, "
+             f"{list(own[shapes[0]].shape)} here)" if shapes else ""]
+    raise UserError(f"{path}: does not match {what}: " + ", ".join(p for p in parts if p))
 
 
 def model_meta(model_path: Path) -> dict:
@@ -156,6 +201,8 @@ def model_meta(model_path: Path) -> dict:
     if text.startswith("iipa:"):
         return {"arch": "resnet50", "weights": Path(text[5:]), "preprocess": IIPA_PREPROCESS}
     path = Path(text)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file (a run's model.pth, or iipa:PATH for IIPA's weights)")
     meta_path = path.with_name("model.json")
     if not meta_path.exists():
         raise UserError(f"{meta_path}: missing (a run's model.pth has its model.json beside it; use iipa:PATH for IIPA weights)")

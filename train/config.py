@@ -11,6 +11,10 @@ from pathlib import Path
 
 # The torchvision ResNets a run may use; here, not in train.model, so the CLI lists them without torch.
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# Names the options may take (which backends a machine offers is train.decode.BACKENDS).
+BACKEND_NAMES = ("auto", "torch", "dali", "nvjpeg")
+DECODE_DEVICES = ("auto", "mixed", "cpu")
+PRECISIONS = ("auto", "bf16", "fp32")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -99,6 +103,25 @@ class RunConfig:
     """Write RUN/audit/rank-R.jsonl: pair ids per step and a final parameter digest."""
 
 
+KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "Path": (str,)}
+
+
+def typed(name: str, value, annotation: str):
+    """A YAML value as its field's type (`annotation`, e.g. "int | None"), or a ValueError naming it."""
+    kind, optional = annotation.split(" | ")[0], "None" in annotation
+    if value is None and optional:
+        return None
+    if kind.startswith("tuple"):
+        n = kind.count(",") + 1
+        if not isinstance(value, (list, tuple)) or len(value) != n or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{name}: expected a list of {n} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if not isinstance(value, KINDS[kind]) or (isinstance(value, bool) and kind != "bool"):
+        raise ValueError(f"{name}: expected {'a path' if kind == 'Path' else kind}, got {value!r}")
+    return Path(value) if kind == "Path" else float(value) if kind == "float" else value
+
+
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,17 +139,16 @@ class TrainConfig:
         sections = {}
         for f in fields(cls):
             section_cls = type(getattr(cls(), f.name))
-            values = dict(raw.get(f.name) or {})
+            given = raw.get(f.name) or {}
+            if not isinstance(given, dict):
+                raise ValueError(f"[{f.name}] must be a mapping of options, got {given!r}")
+            values = dict(given)
             known = {x.name: x for x in fields(section_cls)}
             unknown = set(values) - set(known)
             if unknown:
                 raise ValueError(f"unknown option(s) in [{f.name}]: {', '.join(sorted(unknown))}")
             for name, value in values.items():
-                default = getattr(section_cls(), name)
-                if isinstance(default, Path):
-                    values[name] = Path(value)
-                elif isinstance(default, tuple):
-                    values[name] = tuple(value)
+                values[name] = typed(f"[{f.name}] {name}", value, known[name].type)
             sections[f.name] = section_cls(**values)
         extra = set(raw) - set(sections)
         if extra:

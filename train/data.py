@@ -11,6 +11,7 @@ process group. Backends share one signature and sit in BACKENDS; the loop never 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import queue
@@ -24,6 +25,7 @@ import torch
 
 from shards.console import UserError
 from shards.locate import ShardIndex, resolve_pairs
+from shards.resize import image_error
 from train.config import DataConfig
 from train.decode import make_decoder
 
@@ -62,17 +64,21 @@ def load_pairs(path, shards: Path | ShardIndex, cache: bool = True) -> PairSet:
     index = shards if isinstance(shards, ShardIndex) else ShardIndex(shards)
     resolved = resolve_pairs(path, index, cache)
     index, hi, lo = resolved.index, resolved.hi, resolved.lo
-    # bincount rather than np.unique: linear, not a sort of 10 M ids, on every start.
-    needed = np.flatnonzero(np.bincount(index.shard, minlength=len(index.shard_names)))
-    absent = [name for name in index.shard_names[needed] if not (index.dir / name).is_file()]
-    if absent:
-        raise UserError(f"{len(absent)} shard(s) missing from {index.dir}, e.g. {absent[0]}: "
-                        "rebuild them with `iipa shards build` (it resumes)")
+    index.check_files()
     hi_shard = index.shard[hi]
     used = np.flatnonzero(np.bincount(hi_shard, minlength=len(index.shard_names)))
     number = np.zeros(len(index.shard_names), dtype=np.int64)
     number[used] = np.arange(len(used))  # the shards of hi images, numbered in name order
     return PairSet(index, hi, lo, number[hi_shard], index.shard_names[used], resolved.missing)
+
+
+def pairs_fingerprint(pairs: PairSet) -> str:
+    """What the data order is a function of, besides the seed, the epoch and the settings: each
+    pair's two images and its shard. A resumed run must find the same (0.1 s at 5 M pairs)."""
+    digest = hashlib.sha1()
+    for array in (pairs.hi, pairs.lo, pairs.shard):
+        digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def epoch_order(shard: np.ndarray, epoch: int, seed: int, window: int) -> np.ndarray:
@@ -172,8 +178,7 @@ class PairLoader:
                     self.decoder([data], seed)
                 except Exception as exc:
                     ok[i] = False
-                    log.warning("unreadable image %s skipped (%s)", self.index.key(rows[i]),
-                                str(exc).splitlines()[0][:200])
+                    log.warning("unreadable image %s skipped (%s)", self.index.key(rows[i]), image_error(exc))
             self.bad_keys.update(self.index.key(r) for r in rows[~ok])
             if not ok.any():
                 raise RuntimeError(f"no image of this batch could be decoded (e.g. {self.index.key(rows[0])}): "

@@ -184,7 +184,7 @@ def make_decoder(config: DataConfig, train: bool, device: torch.device):
     """The configured backend (see BACKENDS and auto_backend)."""
     name = auto_backend(device) if config.backend == "auto" else config.backend
     if name not in BACKENDS:
-        raise UserError(f"backend {name!r} is not available here; choose from {', '.join(BACKENDS)} or auto")
+        raise UserError(f"--backend {name}: not available here; choose from {', '.join(BACKENDS)} or auto")
     return BACKENDS[name](config, train, device)
 
 

@@ -18,12 +18,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
-from shards.console import progress
+from shards.console import UserError, progress
 from shards.locate import ShardIndex
 from shards.schema import write_json
-from train.checkpoint import initialise, load_state, restore_rng, rng_state, save_model, save_state
+from train.checkpoint import (check_same_pairs, initialise, load_state, restore_rng, rng_state, save_model,
+                              save_state)
 from train.config import TrainConfig
-from train.data import PairLoader, World, load_pairs, steps_per_epoch
+from train.data import PairLoader, World, load_pairs, pairs_fingerprint, steps_per_epoch
 from train.metrics import AuditLog, MetricsLog, process_age, write_curve
 from train.model import build_model, head_parameters, pair_loss, pair_scores
 
@@ -125,7 +126,8 @@ def resume_position(state: dict | None, world: World, steps: int) -> tuple[int, 
     return state["step"], epoch, local
 
 
-def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, step, epoch, epoch_step, steps):
+def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, step, epoch, epoch_step, steps,
+               data: tuple[int, str]):
     """Rank 0 writes model.pth/model.json and state.pt (each atomically); others wait."""
     if world.rank == 0:
         out = Path(config.run.out)
@@ -134,6 +136,7 @@ def checkpoint(model, optimizer, scheduler, config: TrainConfig, world: World, s
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "step": step, "epoch": epoch, "epoch_step": epoch_step, "steps_per_epoch": steps,
                     "world_size": world.world_size, "config": config.to_dict(),
+                    "train_pairs": data[0], "data_fingerprint": data[1],
                     "rng": rng_state()},
                    out)
     if dist.is_initialized():
@@ -183,12 +186,19 @@ class Trainer:
         init = initialise(self.raw_model, config.model.init)
         shards = ShardIndex(config.data.shards)  # read on first use: not at all when the pair caches are warm
         self.train_pairs = self.load_split("train", shards)
+        if len(self.train_pairs) == 0:
+            raise UserError(f"{Path(config.data.pairs) / 'train.parquet'}: none of its {self.train_pairs.missing} "
+                            f"pairs has both images in {config.data.shards}; were these shards built from the "
+                            "images table of these pairs?")
         val_pairs = self.load_split("val", shards)
         self.raw_model.to(self.device)
         if self.device.type == "cuda":
             self.raw_model.to(memory_format=torch.channels_last)
         self.optimizer, self.scheduler = make_optimizer(self.raw_model, config)
-        self.state = load_state(self.out)
+        self.state = load_state(self.out, config=config)
+        self.data_fingerprint = pairs_fingerprint(self.train_pairs)
+        check_same_pairs(self.state, len(self.train_pairs), self.data_fingerprint,
+                         Path(config.data.pairs) / "train.parquet")
         if self.state is not None:
             self.raw_model.load_state_dict(self.state["model"])
             self.optimizer.load_state_dict(self.state["optimizer"])
@@ -293,7 +303,7 @@ class Trainer:
                 if step % run.ckpt_every == 0 or self.is_done(step) or last_of_epoch:
                     position = (epoch + 1, 0) if last_of_epoch else (epoch, epoch_step + 1)
                     checkpoint(self.raw_model, self.optimizer, self.scheduler, self.config, self.world, step,
-                               *position, self.steps)
+                               *position, self.steps, (len(self.train_pairs), self.data_fingerprint))
                 if self.is_done(step):
                     break
                 t_wait = time.perf_counter()
