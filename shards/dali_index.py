@@ -49,6 +49,15 @@ def index_text(members: list[tuple[str, int, int]]) -> str:
     return f"{VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
 
 
+def write_index(tar_path: Path) -> Path:
+    """Write (or write again) one tar's `{name}.idx`, atomically."""
+    idx = tar_path.with_suffix(".idx")
+    tmp = idx.with_name(f".{idx.name}.tmp")
+    tmp.write_text(index_text(tar_members(tar_path)))
+    os.replace(tmp, idx)
+    return idx
+
+
 def index_shards(shards_dir: str | os.PathLike) -> list[Path]:
     """DALI index files for every tar of a shards folder; return their paths.
 
