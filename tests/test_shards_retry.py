@@ -15,6 +15,7 @@ import pytest
 
 from shards.build import BuildConfig, build_shards
 from shards.console import UserError
+from shards.dali_index import index_shards, index_text, tar_members
 from shards.fetch import FetchConfig
 from shards.resize import ResizeConfig
 from shards.retry import status_patterns, to_retry
@@ -74,6 +75,7 @@ def test_retry_recovers_transient_failures_and_keeps_every_other_sample(ray_loca
     before = by_key(shards)
     assert {k for k, r in before.items() if r["status"] == "http_503"} == {f"k{i:03d}" for i in flaky}
     tars = {p.name: p.read_bytes() for p in shards.glob("*.tar")}
+    index_shards(shards)  # DALI indexes made before the retry must follow it
 
     retryable = {f"k{i:03d}" for i in flaky | {12}}
     with_retries = [p for p in shards.glob("*.parquet") if retryable & set(read_table(p, "images").column("key").to_pylist())]
@@ -96,6 +98,8 @@ def test_retry_recovers_transient_failures_and_keeps_every_other_sample(ray_loca
             assert row["status"] == "ok" and hashlib.sha1(data).hexdigest() == row["sha1"]
     report = verify_shards(shards)
     assert report["ok"] and report["images"] == N - 2, report["problems"]
+    for tar in shards.glob("*.tar"):
+        assert tar.with_suffix(".idx").read_text() == index_text(tar_members(tar))
     assert result["ok"] == N - 2 and len(after) == N  # every key once, the manifest counts them
 
 
