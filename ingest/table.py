@@ -160,7 +160,7 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
     fields = resolve_columns(path, columns, constants)
     when = collected_at or file_time(path)
     first = 2 if path.suffix.lower() in (".csv", ".tsv") else 1  # CSV data starts below its header
-    number, naive, from_file = first, 0, 0
+    number, naive, naive_collected, from_file = first, 0, 0, 0
     try:
         for batch in batches(path, sorted(set(fields.values()))):
             for record in batch:
@@ -170,6 +170,7 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
                     rows = [Malformed(str(path), number, f"{type(exc).__name__}: {exc}")]
                 else:
                     naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
+                    naive_collected += bool(rows) and is_naive(record.get(fields.get("collected_at")))
                     from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
                 yield from rows
                 number += 1
@@ -177,5 +178,7 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
         raise FormatError(f"{path}: not a readable table ({exc})") from exc
     if naive:
         yield Counted("created_at_without_zone_read_as_utc", naive)
+    if naive_collected:
+        yield Counted("collected_at_without_zone_read_as_utc", naive_collected)
     if from_file:
         yield Counted("collected_at_from_file_time", from_file)

@@ -331,3 +331,21 @@ def test_table_constants_missing_counts_and_file_time_are_said(tmp_path):
     csv_file.write_text("tweet_id,created_at,url\n1,2020-01-01,https://x/a.jpg\n")
     with pytest.raises(FormatError, match="no count column"):
         ingest_archive(ArchiveConfig([csv_file], tmp_path / "j.parquet", constants={"user_id": "dog_rates"}))
+
+
+def test_cli_table_without_counts_is_one_line_and_naive_collected_at_counted(tmp_path):
+    csv_file = tmp_path / "dog_rates.csv"
+    csv_file.write_text("tweet_id,created_at,url,text\n1,2020-01-01,https://x/a.jpg,good dog\n")
+    result = run_iipa("ingest", "archive", str(csv_file), "--set", "user_id=dog_rates", "--out",
+                      str(tmp_path / "i.parquet"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "no count column" in lines[0] and "'retweets'" in lines[0] and "'likes'" in lines[0]
+    assert not (tmp_path / "i.parquet").exists()
+    csv_file.write_text("tweet_id,created_at,url,favs,seen\n1,2020-01-01T10:00:00Z,https://x/a.jpg,5,2020-02-01 08:00\n")
+    result = run_iipa("ingest", "archive", str(csv_file), "--set", "user_id=dog_rates", "--columns",
+                      "likes=favs,collected_at=seen", "--out", str(tmp_path / "i.parquet"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["counted"] == {"collected_at_without_zone_read_as_utc": 1}
+    row = read_table(tmp_path / "i.parquet", "images").to_pylist()[0]
+    assert (row["user_id"], row["likes"], row["collected_at"]) == ("dog_rates", 5, datetime(2020, 2, 1, 8, tzinfo=UTC))
