@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ingest.reader import (
     is_naive,
     parse_time,
     photo_rows,
+    skipped_totals,
     tags_in,
 )
 
@@ -121,15 +123,18 @@ def _truthy(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "t", "y")
 
 
-def table_row(record: dict, fields: dict[str, str], collected_at, constants: dict | None = None) -> list[dict]:
+def table_row(record: dict, fields: dict[str, str], collected_at, constants: dict | None,
+              skipped: Counter) -> list[dict]:
     """Rows of one table record (one tweet)."""
     get = {**{f: record.get(c) for f, c in fields.items()}, **(constants or {})}
     text = get.get("text") or ""
     if text.startswith("RT @") or _truthy(get.get("is_retweet")):
+        skipped["retweet"] += 1
         return []
     urls = get["url"] if isinstance(get["url"], list) else SPLIT_RE.split(get["url"] or "")
     urls = [u for u in urls if u]
     if not urls:
+        skipped["no_url"] += 1
         return []
     if not get["tweet_id"] or not get["user_id"]:
         raise ValueError("empty tweet_id or user_id")
@@ -148,7 +153,7 @@ def table_row(record: dict, fields: dict[str, str], collected_at, constants: dic
         "replies": _int(get.get("replies")), "quotes": _int(get.get("quotes")),
     }
     keys = list(keys or [])
-    return photo_rows(base, [(keys[i] if i < len(keys) else None, u) for i, u in enumerate(urls)])
+    return photo_rows(base, [(keys[i] if i < len(keys) else None, u) for i, u in enumerate(urls)], skipped)
 
 
 def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo"}), columns=None,
@@ -160,15 +165,17 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
     fields = resolve_columns(path, columns, constants)
     when = collected_at or file_time(path)
     first = 2 if path.suffix.lower() in (".csv", ".tsv") else 1  # CSV data starts below its header
-    number, naive, naive_collected, from_file = first, 0, 0, 0
+    number, naive, naive_collected, from_file, skipped = first, 0, 0, 0, Counter()
     try:
         for batch in batches(path, sorted(set(fields.values()))):
             for record in batch:
+                mine = Counter()
                 try:
-                    rows = table_row(record, fields, when, constants)
+                    rows = table_row(record, fields, when, constants, mine)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     rows = [Malformed(str(path), number, f"{type(exc).__name__}: {exc}")]
                 else:
+                    skipped.update(mine)
                     naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
                     naive_collected += bool(rows) and is_naive(record.get(fields.get("collected_at")))
                     from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
@@ -176,6 +183,7 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
                 number += 1
     except (pa.ArrowInvalid, OSError) as exc:
         raise FormatError(f"{path}: not a readable table ({exc})") from exc
+    yield from skipped_totals(skipped)
     if naive:
         yield Counted("created_at_without_zone_read_as_utc", naive)
     if naive_collected:

@@ -5,7 +5,7 @@ import pyarrow.compute as pc
 import pytest
 
 from ingest.archive import ArchiveConfig, ingest_archive
-from ingest.reader import FormatError, caption_words, read_twarc2
+from ingest.reader import FormatError, Skipped, caption_words, read_twarc2
 from ingest.synthetic import SyntheticConfig, generate
 from shards.schema import read_table
 
@@ -71,11 +71,12 @@ def test_real_v2_search_page(realdata, tmp_path):
     page = json.loads((realdata / "python-twitter-v2" / "apis__searches__search_tweets_query.json").read_text())
     path = tmp_path / "search.jsonl"
     path.write_text(json.dumps(page) + "\n")
-    assert list(read_twarc2(path)) == []  # media keys with no media object: nothing to fetch
+    # media keys with no media object: nothing to fetch, and said so
+    assert list(read_twarc2(path)) == [Skipped("media_not_included", 2), Skipped("no_photo", 2)]
     page["includes"]["media"] = [{"media_key": k, "type": "photo", "url": f"https://pbs.twimg.com/media/{k}.jpg"}
                                  for t in page["data"] for k in (t.get("attachments") or {}).get("media_keys", [])]
     path.write_text(json.dumps(page) + "\n")
-    rows = list(read_twarc2(path, datetime(2020, 7, 1, tzinfo=timezone.utc)))
+    rows = [r for r in read_twarc2(path, datetime(2020, 7, 1, tzinfo=timezone.utc)) if isinstance(r, dict)]
     assert [(r["tweet_id"], r["user_id"]) for r in rows] == [
         ("1276035977375477760", "63046977"), ("1275763727908798470", "196883832")]
     assert rows[0]["created_at"] == datetime(2020, 6, 25, 6, 14, 19, tzinfo=timezone.utc)
@@ -91,9 +92,11 @@ def test_retweets_are_dropped(realdata, tmp_path):
     page["includes"] = {"media": [{"media_key": "3_1", "type": "photo", "url": "https://pbs.twimg.com/media/x.jpg"}]}
     path = tmp_path / "nyc.jsonl"
     path.write_text(json.dumps(page) + "\n")
-    kept = {r["tweet_id"] for r in read_twarc2(path)}
+    items = list(read_twarc2(path))
+    kept = {r["tweet_id"] for r in items if isinstance(r, dict)}
     originals = {t["id"] for t in page["data"] if "retweeted" not in {r["type"] for r in t.get("referenced_tweets", [])}}
     assert kept == originals and len(originals) == 3
+    assert [i for i in items if isinstance(i, Skipped)] == [Skipped("retweet", len(page["data"]) - 3)]
 
 
 def test_unknown_format_is_a_clear_error(tmp_path):
