@@ -32,6 +32,7 @@ WORD_RE = re.compile(r"\w+(?:'\w+)?")
 MEDIA_KEY_PREFIX = {"photo": "3", "video": "7", "animated_gif": "16"}
 ARRAY_CHUNK = 1 << 20
 MAX_RECORD_CHARS = 64 << 20  # one JSON record larger than this is malformed, not buffered further
+DETECT_LINES = 20  # lines that may fail to parse before a file counts as of no known format
 
 
 @dataclass
@@ -419,6 +420,21 @@ def read_v1(path: Path, collected_at=None, media_types=frozenset({"photo"}), ori
     yield from per_item(path, items, rows_of)
 
 
+def first_record(lines, tries: int = DETECT_LINES):
+    """The first line among the first `tries` non-empty ones that parses as JSON (a bad first line
+    is one malformed record, which the reader counts, not a file of unknown format), or None."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            return json.loads(line)
+        except ValueError:
+            tries -= 1
+            if not tries:
+                return None
+    return None
+
+
 def detect_format(path: Path) -> str:
     """Guess an archive's format from its name and first record; a file of no known format is an error."""
     path = Path(path)
@@ -434,7 +450,7 @@ def detect_format(path: Path) -> str:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
             f.seek(0)
-            first = next((line for line in f if line.strip()), b"")
+            obj = first_record(iter(lambda: f.readline(MAX_RECORD_CHARS), b""))
     except OSError as exc:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from exc
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -442,10 +458,6 @@ def detect_format(path: Path) -> str:
         return "account"
     if stripped.startswith(b"["):
         return "v1"  # v1.1 timelines and exports are JSON arrays; v2 pages never are
-    try:
-        obj = json.loads(first)
-    except ValueError:
-        obj = None
     if isinstance(obj, dict):
         if "data" in obj:
             return "twarc2"

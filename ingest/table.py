@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from ingest.reader import (
@@ -34,6 +33,7 @@ OPTIONAL = ("text", "hashtags", "mentions", "retweets", "likes", "replies", "quo
             "media_key", "is_retweet")
 FIELDS = REQUIRED + OPTIONAL
 SPLIT_RE = re.compile(r"[\s,|]+")
+NOT_UTF8_RE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of bytes that are not UTF-8
 BATCH_ROWS = 20_000
 
 
@@ -67,8 +67,17 @@ def _header(path: Path) -> list[str]:
             return pq.ParquetFile(path).schema_arrow.names
         except (pa.ArrowInvalid, OSError) as exc:
             raise FormatError(f"{path}: not a readable Parquet file ({exc})") from exc
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return next(csv.reader(f, delimiter=_delimiter(path)), [])
+    with _open_csv(path) as f:
+        try:
+            return next(csv.reader(f, delimiter=_delimiter(path)), [])
+        except csv.Error as exc:
+            raise FormatError(f"{path}: not a readable table ({exc})") from exc
+
+
+def _open_csv(path: Path):
+    """A CSV file as text; bytes that are not UTF-8 become lone surrogates, so the row holding
+    them is found and counted as malformed instead of the decoder refusing the whole file."""
+    return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
 
 
 def _delimiter(path: Path) -> str:
@@ -92,18 +101,40 @@ def resolve_columns(path: Path, columns: dict[str, str] | None, constants: dict 
     return found
 
 
-def batches(path: Path, columns: list[str]) -> Iterator[list[dict]]:
-    """Rows of the table as dicts of the given columns, a batch at a time (all as read)."""
+def records(path: Path, columns: list[str]) -> Iterator[tuple[int, dict | str]]:
+    """(line, record as {column: value}) of every row of the table, or (line, why the row is
+    malformed). A CSV row's line is the physical line it starts on (a quoted field may span
+    lines); a Parquet row's is its position, from 1."""
     if path.suffix.lower() in (".parquet", ".pq"):
+        number = 1
         for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield batch.to_pylist()
+            for record in batch.to_pylist():
+                yield number, record
+                number += 1
         return
-    reader = pcsv.open_csv(
-        path, parse_options=pcsv.ParseOptions(delimiter=_delimiter(path), newlines_in_values=True),
-        convert_options=pcsv.ConvertOptions(include_columns=columns,
-                                            column_types={c: pa.string() for c in columns}))
-    for batch in reader:
-        yield batch.to_pylist()
+    with _open_csv(path) as f:
+        rows = csv.reader(f, delimiter=_delimiter(path))
+        header = next(rows, [])
+        where = {c: header.index(c) for c in columns}
+        while True:
+            start = rows.line_num + 1
+            try:
+                cells = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field past csv's size limit; the reader goes on after it
+                yield start, f"csv: {exc}"
+                continue
+            if not cells:
+                continue  # a blank line
+            if len(cells) != len(header):
+                yield start, f"{len(cells)} fields where the header has {len(header)}"
+                continue
+            record = {c: cells[i] for c, i in where.items()}
+            if any(NOT_UTF8_RE.search(v) for v in record.values() if not v.isascii()):
+                yield start, "bytes that are not UTF-8 text"
+                continue
+            yield start, record
 
 
 def _int(value) -> int | None:
@@ -164,23 +195,23 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
     path = Path(path)
     fields = resolve_columns(path, columns, constants)
     when = collected_at or file_time(path)
-    first = 2 if path.suffix.lower() in (".csv", ".tsv") else 1  # CSV data starts below its header
-    number, naive, naive_collected, from_file, skipped = first, 0, 0, 0, Counter()
+    naive, naive_collected, from_file, skipped = 0, 0, 0, Counter()
     try:
-        for batch in batches(path, sorted(set(fields.values()))):
-            for record in batch:
-                mine = Counter()
-                try:
-                    rows = table_row(record, fields, when, constants, mine)
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    rows = [Malformed(str(path), number, f"{type(exc).__name__}: {exc}")]
-                else:
-                    skipped.update(mine)
-                    naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
-                    naive_collected += bool(rows) and is_naive(record.get(fields.get("collected_at")))
-                    from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
-                yield from rows
-                number += 1
+        for number, record in records(path, sorted(set(fields.values()))):
+            if isinstance(record, str):
+                yield Malformed(str(path), number, record)
+                continue
+            mine = Counter()
+            try:
+                rows = table_row(record, fields, when, constants, mine)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+                continue
+            skipped.update(mine)
+            naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
+            naive_collected += bool(rows) and is_naive(record.get(fields.get("collected_at")))
+            from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
+            yield from rows
     except (pa.ArrowInvalid, OSError) as exc:
         raise FormatError(f"{path}: not a readable table ({exc})") from exc
     yield from skipped_totals(skipped)

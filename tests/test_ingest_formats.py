@@ -413,3 +413,41 @@ def test_twarc2_retweet_whose_original_lacks_its_author_is_counted(realdata, tmp
         assert [r["tweet_id"] for r in items if isinstance(r, dict)] == [complete["id"]]
         assert skips_of(items) == {"retweet": len(retweets), "original_incomplete": 1,
                                    "no_photo": len(page["data"]) - len(retweets)}
+
+
+def test_bad_table_rows_are_malformed_at_their_physical_lines_and_the_rest_is_read(tmp_path):
+    """A short row, a byte that is not UTF-8, an empty url and a negative count each lose their
+    own row only, counted with the line it starts on (a quoted caption spans three lines)."""
+    header = b"tweet_id,user_id,created_at,text,retweets,likes,url\n"
+    lines = [b'1,u,2026-01-01T00:00:00Z,"a caption\nover three\nlines #dog",30,100,https://x/1.jpg\n',  # lines 2-4
+             b"2,u,2026-01-02T00:00:00Z,short row,5\n",  # line 5
+             b"3,u,2026-01-03T00:00:00Z,caf\xe9 #dog,40,10,https://x/3.jpg\n",  # line 6: Latin-1, not UTF-8
+             b"4,u,2026-01-04T00:00:00Z,no photo,1,1,\n",  # line 7
+             b"5,u,2026-01-05T00:00:00Z,negative #dog,-3,20,https://x/5.jpg\n",  # line 8
+             b"6,u,2026-01-06T00:00:00Z,the last #dog,0,2,https://x/6.jpg\n"]  # line 9
+    table = tmp_path / "export.csv"
+    table.write_bytes(header + b"".join(lines))
+    out = tmp_path / "images.parquet"
+    result = run_iipa("ingest", "archive", str(table), "--out", str(out), "--collected-at", "2026-02-01T00:00:00Z")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["malformed_lines"] == [f"{table}:5", f"{table}:6"]
+    assert summary["skipped"] == {"no_url": 1, "negative_count": 1}
+    rows = {r["tweet_id"]: r for r in read_table(out, "images").to_pylist()}
+    assert sorted(rows) == ["1", "6"] and rows["1"]["text"] == "a caption\nover three\nlines #dog"
+    assert "5 fields where the header has 7" in result.stderr and "not UTF-8" in result.stderr
+    pairs = run_iipa("pairs", "build", "--images", str(out), "--out", str(tmp_path / "pairs"))
+    assert pairs.returncode == 0, pairs.stderr  # no negative count reached it
+
+
+def test_auto_format_reads_past_a_bad_first_line(tmp_path):
+    out = tmp_path / "syn"
+    generate(SyntheticConfig(out, users=2, tweets_per_user=3, image_size=16, seed=1))
+    archive = tmp_path / "archive.jsonl"
+    archive.write_text("{not json\n" + (out / "archive.jsonl").read_text())
+    assert detect_format(archive) == "twarc2"
+    summary, rows = rows_of(tmp_path, "auto", archive)
+    assert summary["malformed_lines"] == [f"{archive}:1"] and len(rows) == 6
+    archive.write_text("{not json\n" * 25)
+    with pytest.raises(FormatError, match="unrecognised"):
+        detect_format(archive)
