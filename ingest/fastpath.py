@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,16 +177,16 @@ def retweets(tweets: pa.Array) -> np.ndarray:
     return is_rt
 
 
-def skips(tweets: pa.Array, is_rt: np.ndarray, tweet_idx: np.ndarray, found: np.ndarray) -> Counter:
+def skips(tweets: pa.Array, is_rt: np.ndarray, tweet_idx: np.ndarray, found: np.ndarray) -> dict[str, int]:
     """Why the tweets of a block that gave no row gave none (the reference reader's reasons)."""
     n_keys = pc.fill_null(pc.list_value_length(_field(tweets, "attachments", "media_keys")), 0).to_numpy()
     empty = (np.bincount(tweet_idx, minlength=len(tweets)) == 0) & ~is_rt
     not_included = empty & (n_keys > 0) & (found == 0)
-    return Counter({"retweet": int(is_rt.sum()), "no_photo": int((empty & ~not_included).sum()),
-                    "media_not_included": int(not_included.sum())})
+    return {"retweet": int(is_rt.sum()), "no_photo": int((empty & ~not_included).sum()),
+            "media_not_included": int(not_included.sum())}
 
 
-def pages_to_rows(pages: pa.Table, fallback, media_types, originals: bool = True) -> tuple[pa.Table, Counter]:
+def pages_to_rows(pages: pa.Table, fallback, media_types, originals: bool = True) -> tuple[pa.Table, dict[str, int]]:
     """Rows (images-table columns) of a block of twarc2 pages and what was skipped; raises
     NotClean where unsure."""
     data = pages.column("data").combine_chunks()
@@ -286,18 +285,18 @@ def parse_block(block: bytes) -> pa.Table:
 
 
 def _reference(path: Path, first_line: int, block: bytes, fallback, media_types, originals,
-               skipped: Counter) -> Iterator:
+               skipped: dict[str, int]) -> Iterator:
     """The reference reader over one block, with the file's own line numbers."""
     for offset, line in enumerate(block.split(b"\n")):
         if not line.strip():
             continue
-        number, mine = first_line + offset, Counter()
+        number, mine = first_line + offset, reader.tally()
         try:
             rows = reader.twarc2_page_rows(json.loads(line), fallback, media_types, originals, mine)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             yield reader.Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
             continue
-        skipped.update(mine)
+        reader.add_to(skipped, mine)
         yield from rows
 
 
@@ -306,14 +305,14 @@ def read_twarc2_fast(path: Path, collected_at=None, media_types=frozenset({"phot
     """twarc2 JSONL as Arrow tables of rows, a block at a time; unclean blocks go line by line."""
     path = Path(path)
     fallback = collected_at or reader.file_time(path)
-    lines, skipped = LineCounter(path), Counter()
+    lines, skipped = LineCounter(path), reader.tally()
     for offset, block in line_blocks(path, block_bytes):
         try:
             rows, block_skips = pages_to_rows(parse_block(block), fallback, frozenset(media_types), originals)
         except (NotClean, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             yield from _reference(path, lines.at(offset), block, fallback, media_types, originals, skipped)
             continue
-        skipped.update(block_skips)
+        reader.add_to(skipped, block_skips)
         if rows.num_rows:
             yield rows
     yield from reader.skipped_totals(skipped)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,7 +73,19 @@ SKIP_REASONS = {
 }
 
 
-def skipped_totals(skipped: Counter) -> Iterator[Skipped]:
+def tally() -> dict[str, int]:
+    """Skipped records by reason, `tally[reason] += 1` (a defaultdict: as cheap as a dict, which a
+    Counter's missing keys are not, once a record)."""
+    return defaultdict(int)
+
+
+def add_to(total: dict[str, int], more: dict[str, int]) -> None:
+    """Sum one tally into another (a record's skips into its file's, once the record is read)."""
+    for reason, n in more.items():
+        total[reason] += n
+
+
+def skipped_totals(skipped: dict[str, int]) -> Iterator[Skipped]:
     """What a reader yields at the end of its file: one `Skipped` per reason that occurred."""
     for reason, count in sorted(skipped.items()):
         if count:
@@ -130,15 +142,16 @@ def _count(metrics: dict, name: str) -> int | None:
     return None if value is None else int(value)
 
 
-def photo_rows(base: dict, media: list[tuple[str | None, str | None]], skipped: Counter) -> list[dict]:
+def photo_rows(base: dict, media: list[tuple[str | None, str | None]], skipped: dict[str, int]) -> list[dict]:
     """One row per kept medium (media_key, url) of a tweet whose shared columns are `base`.
 
     A URL the tweet gave already is the same photo again: it is counted, not kept twice.
     """
     seen: set[str] = set()
     unique = [m for m in media if m[1] is None or not (m[1] in seen or seen.add(m[1]))]
-    skipped["duplicate_url"] += len(media) - len(unique)
-    media = unique
+    if len(unique) < len(media):
+        skipped["duplicate_url"] += len(media) - len(unique)
+        media = unique
     base = {**base, "media_count": len(media), "status": PENDING}
     return [{**base, "key": f"{base['tweet_id']}_{i}", "media_key": key, "url": url}
             for i, (key, url) in enumerate(media)]
@@ -147,7 +160,7 @@ def photo_rows(base: dict, media: list[tuple[str | None, str | None]], skipped: 
 # ---- API v2 (twarc2 pages and flattened tweets) -------------------------------------------
 
 
-def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types, skipped: Counter) -> list[dict]:
+def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types, skipped: dict[str, int]) -> list[dict]:
     """Rows for one API v2 tweet object: one per photo (or other asked-for media type)."""
     if not isinstance(tweet, dict) or "id" not in tweet:
         skipped["not_a_tweet"] += 1
@@ -191,7 +204,7 @@ def retweeted_originals(tweet: dict, by_id: dict) -> list[dict]:
             if r.get("type") == "retweeted" and r.get("id") in by_id]
 
 
-def twarc2_page_rows(page: dict, collected_at, media_types, originals: bool, skipped: Counter) -> list[dict]:
+def twarc2_page_rows(page: dict, collected_at, media_types, originals: bool, skipped: dict[str, int]) -> list[dict]:
     """Rows of one raw v2 response page (`data`, `includes`, optional `__twarc`)."""
     # A search's last page may hold no tweets at all, only its `meta`.
     data = page["data"] if "data" in page or "meta" not in page else []
@@ -208,15 +221,15 @@ def twarc2_page_rows(page: dict, collected_at, media_types, originals: bool, ski
     return rows
 
 
-def original_rows(fn, skipped: Counter, *args) -> list[dict]:
+def original_rows(fn, skipped: dict[str, int], *args) -> list[dict]:
     """Rows of an embedded original; one that lacks fields is counted (the retweet itself is fine)."""
-    mine = Counter()
+    mine = tally()
     try:
         rows = fn(*args, mine)
     except (ValueError, KeyError, TypeError, AttributeError):
         skipped["original_incomplete"] += 1
         return []
-    skipped.update(mine)
+    add_to(skipped, mine)
     return rows
 
 
@@ -241,9 +254,9 @@ def per_item(path: Path, items, rows_of) -> Iterator[dict | Malformed | Skipped]
     """Apply `rows_of(obj, skipped)` to every (line number, object or parse error); failures become
     `Malformed`, and what the others skipped is totalled at the end (a failed record's skips are not:
     it is counted once, as malformed)."""
-    skipped = Counter()
+    skipped = tally()
     for number, obj in items:
-        mine = Counter()
+        mine = tally()
         try:
             if isinstance(obj, Exception):
                 raise obj
@@ -251,7 +264,7 @@ def per_item(path: Path, items, rows_of) -> Iterator[dict | Malformed | Skipped]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
             continue
-        skipped.update(mine)
+        add_to(skipped, mine)
         yield from rows
     yield from skipped_totals(skipped)
 
@@ -267,7 +280,7 @@ def read_twarc2(path: Path, collected_at=None, media_types=frozenset({"photo"}),
                                                                             skipped))
 
 
-def flat_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipped: Counter) -> list[dict]:
+def flat_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipped: dict[str, int]) -> list[dict]:
     """Rows of one twarc2-flattened tweet (`author`, `attachments.media`, `__twarc` inlined)."""
     if not isinstance(tweet, dict) or "id" not in tweet:
         skipped["not_a_tweet"] += 1
@@ -306,7 +319,7 @@ def is_v1_tweet(record) -> bool:
         "text" in record or "full_text" in record)
 
 
-def v1_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipped: Counter,
+def v1_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipped: dict[str, int],
                   user_id: str | None = None, local_media=None) -> list[dict]:
     """Rows of one v1.1 tweet (or account-archive tweet: counts as strings, owner given).
 
@@ -409,7 +422,7 @@ def read_v1(path: Path, collected_at=None, media_types=frozenset({"photo"}), ori
     path = Path(path)
     when = collected_at or file_time(path)
 
-    def rows_of(obj, skipped: Counter) -> list[dict]:
+    def rows_of(obj, skipped: dict[str, int]) -> list[dict]:
         if isinstance(obj, dict) and isinstance(obj.get("statuses"), list):
             obj = obj["statuses"]
         if isinstance(obj, list):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import re
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ingest.reader import (
     Counted,
     FormatError,
     Malformed,
+    add_to,
     caption_words,
     file_time,
     is_naive,
@@ -26,6 +26,7 @@ from ingest.reader import (
     photo_rows,
     skipped_totals,
     tags_in,
+    tally,
 )
 
 REQUIRED = ("tweet_id", "user_id", "created_at", "url")
@@ -155,7 +156,7 @@ def _truthy(value) -> bool:
 
 
 def table_row(record: dict, fields: dict[str, str], collected_at, constants: dict | None,
-              skipped: Counter) -> list[dict]:
+              skipped: dict[str, int]) -> list[dict]:
     """Rows of one table record (one tweet)."""
     get = {**{f: record.get(c) for f, c in fields.items()}, **(constants or {})}
     text = get.get("text") or ""
@@ -195,19 +196,19 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
     path = Path(path)
     fields = resolve_columns(path, columns, constants)
     when = collected_at or file_time(path)
-    naive, naive_collected, from_file, skipped = 0, 0, 0, Counter()
+    naive, naive_collected, from_file, skipped = 0, 0, 0, tally()
     try:
         for number, record in records(path, sorted(set(fields.values()))):
             if isinstance(record, str):
                 yield Malformed(str(path), number, record)
                 continue
-            mine = Counter()
+            mine = tally()
             try:
                 rows = table_row(record, fields, when, constants, mine)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
                 continue
-            skipped.update(mine)
+            add_to(skipped, mine)
             naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
             naive_collected += bool(rows) and is_naive(record.get(fields.get("collected_at")))
             from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
