@@ -88,6 +88,7 @@ def add_to(total: dict[str, int], more: dict[str, int]) -> None:
 def skipped_totals(skipped: dict[str, int]) -> Iterator[Skipped]:
     """What a reader yields at the end of its file: one `Skipped` per reason that occurred."""
     for reason, count in sorted(skipped.items()):
+        assert reason in SKIP_REASONS, reason  # each reason is documented there (and in the README)
         if count:
             yield Skipped(reason, count)
 
@@ -147,8 +148,11 @@ def photo_rows(base: dict, media: list[tuple[str | None, str | None]], skipped: 
 
     A URL the tweet gave already is the same photo again: it is counted, not kept twice.
     """
-    seen: set[str] = set()
-    unique = [m for m in media if m[1] is None or not (m[1] in seen or seen.add(m[1]))]
+    unique, seen = [], set()
+    for key, url in media:
+        if url is None or url not in seen:
+            unique.append((key, url))
+            seen.add(url)
     if len(unique) < len(media):
         skipped["duplicate_url"] += len(media) - len(unique)
         media = unique
