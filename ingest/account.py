@@ -48,8 +48,8 @@ def tweet_files(path: Path) -> list[Path]:
 
 def read_js(path: Path):
     """The JSON value assigned in a `window.… = VALUE` file of the archive."""
-    text = path.read_text(encoding="utf-8-sig")
     try:
+        text = path.read_text(encoding="utf-8-sig")
         return json.loads(text[text.index("=") + 1:])
     except ValueError as exc:
         raise FormatError(f"{path}: not a readable account-archive file ({exc})") from exc

@@ -292,7 +292,7 @@ def _reference(path: Path, first_line: int, block: bytes, fallback, media_types,
             continue
         number, mine = first_line + offset, reader.tally()
         try:
-            rows = reader.twarc2_page_rows(json.loads(line), fallback, media_types, originals, mine)
+            rows = reader.twarc2_page_rows(reader.loads(line), fallback, media_types, originals, mine)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             yield reader.Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
             continue

@@ -33,6 +33,9 @@ MEDIA_KEY_PREFIX = {"photo": "3", "video": "7", "animated_gif": "16"}
 ARRAY_CHUNK = 1 << 20
 MAX_RECORD_CHARS = 64 << 20  # one JSON record larger than this is malformed, not buffered further
 DETECT_LINES = 20  # lines that may fail to parse before a file counts as of no known format
+NOT_UTF8_RE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of bytes that are not UTF-8
+SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff: valid only in pairs
+SURROGATE_ESCAPE_BYTES_RE = re.compile(SURROGATE_ESCAPE_RE.pattern.encode())
 
 
 @dataclass
@@ -148,14 +151,15 @@ def photo_rows(base: dict, media: list[tuple[str | None, str | None]], skipped: 
 
     A URL the tweet gave already is the same photo again: it is counted, not kept twice.
     """
-    unique, seen = [], set()
-    for key, url in media:
-        if url is None or url not in seen:
-            unique.append((key, url))
-            seen.add(url)
-    if len(unique) < len(media):
-        skipped["duplicate_url"] += len(media) - len(unique)
-        media = unique
+    if len(media) > 1:
+        unique, seen = [], set()
+        for key, url in media:
+            if url is None or url not in seen:
+                unique.append((key, url))
+                seen.add(url)
+        if len(unique) < len(media):
+            skipped["duplicate_url"] += len(media) - len(unique)
+            media = unique
     base = {**base, "media_count": len(media), "status": PENDING}
     return [{**base, "key": f"{base['tweet_id']}_{i}", "media_key": key, "url": url}
             for i, (key, url) in enumerate(media)]
@@ -237,6 +241,32 @@ def original_rows(fn, skipped: dict[str, int], *args) -> list[dict]:
     return rows
 
 
+LONE_SURROGATE = "a JSON escape that is no character (a lone surrogate)"
+
+
+def lone_surrogate(raw: bytes | str, obj) -> bool:
+    """Whether a record parsed from `raw` holds an escaped lone surrogate (`"\\udc80"`): valid JSON,
+    but no character, so no UTF-8 table could store the row."""
+    if isinstance(raw, bytes):
+        if not (b"\\ud" in raw or b"\\uD" in raw) or not SURROGATE_ESCAPE_BYTES_RE.search(raw):
+            return False
+    elif not ("\\ud" in raw or "\\uD" in raw) or not SURROGATE_ESCAPE_RE.search(raw):
+        return False
+    try:  # rare from here on: an emoji escaped as a pair, or a hostile escape
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def loads(raw: bytes):
+    """`json.loads` of one line, refusing a lone surrogate (a ValueError, as a parse error is)."""
+    obj = json.loads(raw)
+    if lone_surrogate(raw, obj):
+        raise ValueError(LONE_SURROGATE)
+    return obj
+
+
 def json_lines(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed JSON or the exception) for each non-empty line of a file."""
     with open(path, "rb") as f:
@@ -244,7 +274,7 @@ def json_lines(path: Path) -> Iterator[tuple[int, object]]:
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield number, loads(line)
             except ValueError as exc:
                 yield number, exc
 
@@ -380,7 +410,8 @@ def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[in
     array gives no safe point to resynchronise at.
     """
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8-sig") as f:
+    # Bytes that are not UTF-8 become lone surrogates, so the one record holding them is malformed.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         buf, line, eof = f.read(ARRAY_CHUNK), 1, False
         start = buf.find("[")
         if start < 0 or (not skip_prefix and buf[:start].strip()):
@@ -409,6 +440,12 @@ def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[in
                 eof = not more
                 buf, pos = buf[pos:] + more, 0
                 continue
+            # Scanned in place (no copy): a whole chunk is often ASCII, and escapes are rare.
+            if not buf.isascii() and NOT_UTF8_RE.search(buf, pos, end):
+                item = ValueError("bytes that are not UTF-8 text")
+            elif (buf.find("\\ud", pos, end) >= 0 or buf.find("\\uD", pos, end) >= 0) and lone_surrogate(
+                    buf[pos:end], item):
+                item = ValueError(LONE_SURROGATE)
             yield line, item
             line += buf.count("\n", pos, end)
             pos = end

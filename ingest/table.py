@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from ingest.reader import (
     Counted,
     FormatError,
+    NOT_UTF8_RE,
     Malformed,
     add_to,
     caption_words,
@@ -34,7 +35,6 @@ OPTIONAL = ("text", "hashtags", "mentions", "retweets", "likes", "replies", "quo
             "media_key", "is_retweet")
 FIELDS = REQUIRED + OPTIONAL
 SPLIT_RE = re.compile(r"[\s,|]+")
-NOT_UTF8_RE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of bytes that are not UTF-8
 BATCH_ROWS = 20_000
 
 

@@ -451,3 +451,27 @@ def test_auto_format_reads_past_a_bad_first_line(tmp_path):
     archive.write_text("{not json\n" * 25)
     with pytest.raises(FormatError, match="unrecognised"):
         detect_format(archive)
+
+
+def test_bytes_and_escapes_no_text_can_hold_are_one_malformed_record(twitter_timeline, v2_page, tmp_path):
+    """A byte that is not UTF-8 inside a v1.1 JSON array, and a lone-surrogate escape (valid JSON,
+    no character) in JSONL and in twarc2 pages: that record is malformed, the rest are read."""
+    tweets = photo_originals(twitter_timeline)[:3]
+    lines = [json.dumps(t).encode() for t in tweets]
+    bad_byte = lines[1].replace(b'"text": "', b'"text": "caf\xe9 ', 1)
+    array = tmp_path / "timeline.json"
+    array.write_bytes(b"[\n" + b",\n".join([lines[0], bad_byte, lines[2]]) + b"\n]\n")
+    escaped = lines[1].replace(b'"text": "', b'"text": "\\udc80 ', 1)
+    jsonl = tmp_path / "timeline.jsonl"
+    jsonl.write_bytes(b"\n".join([lines[0], escaped, lines[2]]) + b"\n")
+    emoji = lines[2].replace(b'"text": "', b'"text": "\\ud83d\\ude00 ', 1)  # an escaped pair is text
+    jsonl2 = tmp_path / "emoji.jsonl"
+    jsonl2.write_bytes(emoji + b"\n")
+    page = json.dumps(v2_page)
+    pages = tmp_path / "pages.jsonl"
+    pages.write_text(page.replace('"text": "', '"text": "\\udc80 ', 1) + "\n" + page + "\n")
+    for path, bad_line, kept in ((array, 3, 2), (jsonl, 2, 2), (jsonl2, None, 1), (pages, 1, 2)):
+        summary, rows = rows_of(tmp_path, path.stem, path, collected_at="2021-01-01T00:00:00Z")
+        assert summary["malformed_lines"] == ([f"{path}:{bad_line}"] if bad_line else []), path
+        assert len({r["tweet_id"] for r in rows.values()}) == kept, path
+    assert next(iter(rows_of(tmp_path, "e", jsonl2)[1].values()))["text"].startswith("😀 ")
