@@ -34,8 +34,12 @@ ARRAY_CHUNK = 1 << 20
 MAX_RECORD_CHARS = 64 << 20  # one JSON record larger than this is malformed, not buffered further
 DETECT_LINES = 20  # lines that may fail to parse before a file counts as of no known format
 NOT_UTF8_RE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of bytes that are not UTF-8
-SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff: valid only in pairs
-SURROGATE_ESCAPE_BYTES_RE = re.compile(SURROGATE_ESCAPE_RE.pattern.encode())
+# An escaped surrogate (\ud800-\udfff) is a character only as a high one followed by a low one.
+LONE_ESCAPE_RE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                            r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]")
+LONE_ESCAPE_BYTES_RE = re.compile(LONE_ESCAPE_RE.pattern.encode())
+ESCAPE_RE = re.compile(r"\\u[dD]")  # the quick look first (a literal prefix: re scans for it fast)
+ESCAPE_BYTES_RE = re.compile(ESCAPE_RE.pattern.encode())
 
 
 @dataclass
@@ -247,12 +251,10 @@ LONE_SURROGATE = "a JSON escape that is no character (a lone surrogate)"
 def lone_surrogate(raw: bytes | str, obj) -> bool:
     """Whether a record parsed from `raw` holds an escaped lone surrogate (`"\\udc80"`): valid JSON,
     but no character, so no UTF-8 table could store the row."""
-    if isinstance(raw, bytes):
-        if not (b"\\ud" in raw or b"\\uD" in raw) or not SURROGATE_ESCAPE_BYTES_RE.search(raw):
-            return False
-    elif not ("\\ud" in raw or "\\uD" in raw) or not SURROGATE_ESCAPE_RE.search(raw):
+    escape, lone = (ESCAPE_BYTES_RE, LONE_ESCAPE_BYTES_RE) if isinstance(raw, bytes) else (ESCAPE_RE, LONE_ESCAPE_RE)
+    if not escape.search(raw) or not lone.search(raw):
         return False
-    try:  # rare from here on: an emoji escaped as a pair, or a hostile escape
+    try:  # rare from here on: a hostile escape, or an escaped backslash before a `ud800` of text
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return True
@@ -443,8 +445,7 @@ def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[in
             # Scanned in place (no copy): a whole chunk is often ASCII, and escapes are rare.
             if not buf.isascii() and NOT_UTF8_RE.search(buf, pos, end):
                 item = ValueError("bytes that are not UTF-8 text")
-            elif (buf.find("\\ud", pos, end) >= 0 or buf.find("\\uD", pos, end) >= 0) and lone_surrogate(
-                    buf[pos:end], item):
+            elif ESCAPE_RE.search(buf, pos, end) and lone_surrogate(buf[pos:end], item):
                 item = ValueError(LONE_SURROGATE)
             yield line, item
             line += buf.count("\n", pos, end)
