@@ -1,8 +1,16 @@
 """Eval: pairwise accuracy with baselines, correlation, calibration and bias checks as reports;
 scoring images with a trained model (`iipa eval`, `iipa score`)."""
-from eval.evaluate import EvalConfig, evaluate
-from eval.metrics import accuracy_with_interval, pair_correct
-from eval.score import ScoreConfig, Scorer, score_images
+from importlib import import_module
 
-__all__ = ["EvalConfig", "ScoreConfig", "Scorer", "accuracy_with_interval", "evaluate", "pair_correct",
-           "score_images"]
+# Each public name and its module, imported on first use: these modules import torch, and
+# `iipa eval --help` must not.
+_HOMES = {"EvalConfig": "eval.evaluate", "evaluate": "eval.evaluate", "accuracy_with_interval": "eval.metrics",
+          "pair_correct": "eval.metrics", "ScoreConfig": "eval.score", "Scorer": "eval.score",
+          "score_images": "eval.score"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'eval' has no attribute {name!r}")

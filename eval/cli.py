@@ -5,9 +5,10 @@ import json
 import sys
 from pathlib import Path
 
-from eval.evaluate import EvalConfig, evaluate
-from eval.score import ScoreConfig, score_images
 from shards.console import Parser, run_main
+
+# eval.evaluate and eval.score import torch: only a command that runs imports them, so that
+# --help and argument errors answer at once.
 
 
 def eval_parser(prog: str) -> Parser:
@@ -32,6 +33,8 @@ def eval_parser(prog: str) -> Parser:
 
 
 def _eval(args) -> int:
+    from eval.evaluate import EvalConfig, evaluate
+
     report = evaluate(EvalConfig(args.model, args.shards, args.pairs, args.out, args.backend, args.batch_size,
                                  args.bootstrap, args.seed, args.iipa, args.images, args.device, not args.no_faces,
                                  args.threads))
@@ -72,6 +75,8 @@ def print_table(table) -> None:
 
 
 def _score(args) -> int:
+    from eval.score import ScoreConfig, score_images
+
     table, not_images = score_images(ScoreConfig(args.model, list(args.images), args.shards, args.out,
                                                  args.batch_size, args.device, args.backend, args.threads))
     if args.out is None:

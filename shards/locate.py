@@ -2,13 +2,15 @@
 
 Pair manifests name keys only; this is where keys become bytes. At IIPA's scale (10 M images,
 millions of pairs, 8 ranks a node) start-up must not grow with what the trainer does not need:
-only the five columns that locate a sample are read, keys are resolved to integer rows in one
-vectorised hash lookup (Arrow's `index_in`), and every sample is three numbers in flat arrays,
-never a Python object per key. Whole shards are read sequentially (as WebDataset intends) and
+only the five columns that locate a sample are read, once: `shards build` keeps them as flat
+arrays in `DIR/.locate`, which every later reader memory-maps. Keys are resolved to integer rows
+in one vectorised hash lookup (Arrow's `index_in`), and every sample is three numbers in flat
+arrays, never a Python object per key. Whole shards are read sequentially (as WebDataset intends) and
 sliced in memory.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +31,11 @@ from shards.schema import OK, check_version, parquet_files, read_columns
 log = logging.getLogger("iipa.shards")
 
 LOCATE_COLUMNS = ["key", "shard", "offset", "size", "status"]
+# What ShardIndex holds: rows grouped by a hash of their key into partitions (part_bounds[p] is
+# the first row of partition p), so a lookup builds many small hash tables instead of one big one.
+ARRAYS = ("key_array", "shard_names", "shard", "offsets", "sizes", "part_bounds")
+ROWS_PER_PART = 1 << 16  # small enough for a partition's hash table to stay in cache
+LOCATE_FILE = ".locate"  # DIR/.locate: those arrays, for every rank to map instead of scanning the slices
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,8 @@ class ShardIndex:
     """Where every `ok` sample of a shards folder sits, as flat arrays indexed by row."""
 
     def __init__(self, shards_dir: str | Path, arrays: dict | None = None):
-        """Read the folder's Parquet slices, or take `arrays` (key_array, shard_names, shard,
-        offsets, sizes) as they are, e.g. memory-mapped from a pair cache."""
+        """Map the folder's locate file (or scan its Parquet slices) on first use, or take `arrays`
+        (ARRAYS) as they are, e.g. memory-mapped from a pair cache."""
         self.dir = Path(shards_dir)
         if not (self.dir / "manifest.json").exists():
             raise UserError(f"{self.dir}: not a shards folder (no manifest.json)")
@@ -52,7 +59,7 @@ class ShardIndex:
 
     def __getattr__(self, name: str):
         # The slices are read on first use only: a trainer whose pair caches are warm never reads them.
-        if name not in ("key_array", "shard_names", "shard", "offsets", "sizes"):
+        if name not in ARRAYS:
             raise AttributeError(name)
         for key, value in self._read(self.dir).items():
             setattr(self, key, value)
@@ -60,41 +67,62 @@ class ShardIndex:
 
     @staticmethod
     def _read(shards_dir: Path) -> dict:
+        """The folder's locate file when it is current (shards build writes it last), else a scan
+        of the slices, kept as the locate file for the next reader."""
+        path, fingerprint = shards_dir / LOCATE_FILE, _fingerprint(shards_dir)
+        if (mapped := _map_arrays(path, fingerprint)) is not None:
+            return _index_arrays(*mapped)
+        arrays = _scan_slices(shards_dir)
         try:
-            table = _scan_ok_rows(shards_dir)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # slices whose types differ: the strict, slower reader
-            table = read_columns(shards_dir, "images", LOCATE_COLUMNS, dictionary=("shard",))
-            table = table.filter(pc.equal(table.column("status"), OK))
-        table = table.unify_dictionaries()
-        shard = table.column("shard").combine_chunks()
-        # Shard ids follow the sorted shard names, so an id order is a name order.
-        names = np.asarray(shard.dictionary.to_pylist(), dtype=object)
-        order = np.argsort(names)
-        rank = np.empty(len(names), dtype=np.int32)
-        rank[order] = np.arange(len(names), dtype=np.int32)
-        return {"key_array": table.column("key").combine_chunks(),
-                "shard_names": names[order], "shard": rank[shard.indices.to_numpy()],
-                "offsets": table.column("offset").to_numpy().astype(np.int64, copy=False),
-                "sizes": table.column("size").to_numpy().astype(np.int64, copy=False)}
+            header, flat = _flat_arrays(arrays)
+            _write_arrays(path, {"fingerprint": fingerprint, **header}, flat)
+        except OSError as exc:  # a read-only shards folder: scan again next time
+            log.warning("cannot write the locate file %s (%s); scanning the slices again next time", path, exc)
+        return arrays
+
+    def arrays(self) -> dict:
+        return {name: getattr(self, name) for name in ARRAYS}
 
     def subset(self, rows: np.ndarray) -> "ShardIndex":
         """The index of just `rows` (in that order), sharing shard ids and names."""
         take = pa.array(rows)
         return ShardIndex(self.dir, {"key_array": self.key_array.take(take), "shard_names": self.shard_names,
                                      "shard": self.shard[rows], "offsets": self.offsets[rows],
-                                     "sizes": self.sizes[rows]})
+                                     "sizes": self.sizes[rows], "part_bounds": np.array([0, len(rows)])})
 
     def __len__(self) -> int:
         return len(self.key_array)
 
     def rows(self, keys) -> np.ndarray:
-        """Row of each key (-1 where the key has no `ok` sample), in one vectorised lookup."""
+        """Row of each key (-1 where the key has no `ok` sample), in vectorised lookups."""
         if not isinstance(keys, (pa.Array, pa.ChunkedArray)):
             keys = pa.array(keys, self.key_array.type)
         keys = keys.cast(self.key_array.type)
-        if 4 * len(keys) >= len(self.key_array):
-            found = pc.index_in(keys, value_set=self.key_array)
-            return pc.fill_null(found, -1).to_numpy().astype(np.int64)
+        if 4 * len(keys) < len(self.key_array):
+            return self._rows_of_few(keys)
+        parts = len(self.part_bounds) - 1
+        if parts == 1:
+            return pc.fill_null(pc.index_in(keys, value_set=self.key_array), -1).to_numpy().astype(np.int64)
+        # The keys grouped by partition, then one small lookup per partition (threads: Arrow
+        # releases the GIL). At 10 M keys about twice as fast as one lookup, in a tenth of the memory.
+        part = key_parts(keys, parts)
+        order = np.argsort(part, kind="stable")
+        grouped = keys.take(pa.array(order))
+        starts = np.searchsorted(part[order], np.arange(parts + 1))
+
+        rows = np.empty(len(keys), dtype=np.int64)
+
+        def lookup(p: int) -> None:
+            first, end = int(self.part_bounds[p]), int(self.part_bounds[p + 1])
+            found = pc.index_in(grouped.slice(starts[p], starts[p + 1] - starts[p]),
+                                value_set=self.key_array.slice(first, end - first))
+            rows[order[starts[p]:starts[p + 1]]] = pc.fill_null(pc.add(found, first), -1).to_numpy()
+
+        with ThreadPoolExecutor(min(parts, len(os.sched_getaffinity(0)), 8)) as pool:
+            list(pool.map(lookup, range(parts)))
+        return rows
+
+    def _rows_of_few(self, keys: pa.Array) -> np.ndarray:
         # Few keys (a validation split): hash those, not the 10 M of the index, and scan the index once.
         wanted = pc.unique(keys)
         hit = pc.fill_null(pc.index_in(self.key_array, value_set=wanted), -1).to_numpy()
@@ -157,6 +185,59 @@ def _scan_ok_rows(shards_dir: Path) -> pa.Table:
     return dataset.to_table(columns=["key", "shard", "offset", "size"], filter=ds.field("status") == OK)
 
 
+def _scan_slices(shards_dir: Path) -> dict:
+    """key_array, shard_names, shard, offsets and sizes of the `ok` rows, from the slices."""
+    try:
+        table = _scan_ok_rows(shards_dir)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # slices whose types differ: the strict, slower reader
+        table = read_columns(shards_dir, "images", LOCATE_COLUMNS, dictionary=("shard",))
+        table = table.filter(pc.equal(table.column("status"), OK))
+    table = table.unify_dictionaries()
+    shard = table.column("shard").combine_chunks()
+    # Shard ids follow the sorted shard names, so an id order is a name order.
+    names = np.asarray(shard.dictionary.to_pylist(), dtype=object)
+    order = np.argsort(names)
+    rank = np.empty(len(names), dtype=np.int32)
+    rank[order] = np.arange(len(names), dtype=np.int32)
+    keys = table.column("key").combine_chunks()
+    parts = 1 << max(0, min(8, int(np.log2(max(1, len(keys) // ROWS_PER_PART)))))
+    part = key_parts(keys, parts)
+    rows = np.argsort(part, kind="stable")  # rows grouped by partition, in scan order within one
+    return {"key_array": keys.take(pa.array(rows)), "shard_names": names[order],
+            "shard": rank[shard.indices.to_numpy()][rows],
+            "offsets": table.column("offset").to_numpy().astype(np.int64, copy=False)[rows],
+            "sizes": table.column("size").to_numpy().astype(np.int64, copy=False)[rows],
+            "part_bounds": np.searchsorted(part[rows], np.arange(parts + 1))}
+
+
+def key_parts(keys: pa.Array | pa.ChunkedArray, parts: int) -> np.ndarray:
+    """Each key's partition (0 … parts-1, a power of two): a multiplicative hash of the key's
+    length and last 8 bytes, where identifiers differ most. One gather per key, no Python per
+    key; a key's partition depends on its own bytes only."""
+    if isinstance(keys, pa.ChunkedArray):
+        return np.concatenate([key_parts(c, parts) for c in keys.chunks] or [np.empty(0, np.uint16)])
+    if parts == 1 or len(keys) == 0:
+        return np.zeros(len(keys), dtype=np.uint16)
+    offsets = np.frombuffer(keys.buffers()[1], OFFSETS[keys.type])[keys.offset:keys.offset + len(keys) + 1]
+    data = np.frombuffer(keys.buffers()[2] or b"", np.uint8)
+    if len(data) < 8 or offsets[1:].min() < 8:  # a key within the first 8 bytes: 8 bytes of zeros before it
+        data, offsets = np.concatenate([np.zeros(8, np.uint8), data]), offsets + 8
+    words = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))  # 8 bytes from every offset
+    length = np.diff(offsets).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        # The 8 bytes ending at the key's end, the bytes before its start shifted out (little-endian);
+        # the top bits of one odd multiply depend on every bit below them.
+        last = words[offsets[1:] - 8] >> ((np.uint64(8) - np.minimum(length, np.uint64(8))) * np.uint64(8))
+        h = (last ^ (length << np.uint64(56))) * np.uint64(0x9E3779B97F4A7C15)
+    return (h >> np.uint64(64 - int(np.log2(parts)))).astype(np.uint16)
+
+
+def write_locate_file(shards_dir: str | Path) -> None:
+    """Write DIR/.locate now, so that the first trainer maps it instead of scanning the slices
+    (shards build and rebuild call this after the manifest)."""
+    ShardIndex._read(Path(shards_dir))
+
+
 @dataclass
 class ResolvedPairs:
     """A pair manifest resolved against a shards folder: each pair's two images as rows of a
@@ -168,7 +249,7 @@ class ResolvedPairs:
     missing: int  # pairs dropped because an image is not in the shards
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows grouped by key partition (part_bounds)
 OFFSETS = {pa.string(): np.int32, pa.large_string(): np.int64}  # Arrow string offsets, by key type
 
 
@@ -181,21 +262,35 @@ def resolve_pairs(pairs_file: str | Path, index: ShardIndex, cache: bool = True)
     if not cache:
         return _resolve(pairs_file, index)
     path = pairs_file.with_name(f".{pairs_file.stem}.resolved")
-    fingerprint = _fingerprint(pairs_file, index.dir)
-    if (hit := _load_cache(path, fingerprint, index.dir)) is not None:
-        return hit
+    fingerprint = _fingerprint(index.dir, pairs_file)
+    if (mapped := _map_arrays(path, fingerprint)) is not None:
+        header, a = mapped
+        return ResolvedPairs(ShardIndex(index.dir, _index_arrays(header, a)), a["hi"], a["lo"], header["missing"])
     resolved = _resolve(pairs_file, index)
     try:
-        _save_cache(path, fingerprint, resolved)
+        header, flat = _flat_arrays(resolved.index.arrays())
+        _write_arrays(path, {"fingerprint": fingerprint, "missing": resolved.missing, **header},
+                      {"hi": resolved.hi, "lo": resolved.lo, **flat})
     except OSError as exc:  # a read-only pairs folder: run without the cache
         log.warning("cannot write the pair cache %s (%s); resolving again next time", path, exc)
     return resolved
 
 
+def resolve_in_background(shards_dir: str | Path, pairs_files: list[Path]) -> Future:
+    """Resolve the manifests into their caches on a thread, so that a trainer's imports and model
+    set-up (Python, holding the GIL) overlap the resolution (NumPy and Arrow, releasing it). The
+    Future's result is None, or the first error, re-raised where the trainer waits for it."""
+    index = ShardIndex(shards_dir)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="resolve-pairs")
+    future = pool.submit(lambda: [resolve_pairs(f, index) for f in pairs_files if f.exists()] and None)
+    pool.shutdown(wait=False)
+    return future
+
+
 def _resolve(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:
     table = read_columns(pairs_file, "pairs", ["hi_key", "lo_key"])
     n = table.num_rows
-    # One lookup for both columns: Arrow builds the hash table of the images' keys per call.
+    # One lookup for both columns: Arrow builds the hash tables of the images' keys per call.
     rows = index.rows(pa.chunked_array(table.column("hi_key").chunks + table.column("lo_key").chunks))
     hi, lo = rows[:n], rows[n:]
     present = (hi >= 0) & (lo >= 0)
@@ -207,57 +302,70 @@ def _resolve(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:
     return ResolvedPairs(index.subset(used), number[hi], number[lo], int((~present).sum()))
 
 
-def _fingerprint(pairs_file: Path, shards_dir: Path) -> str:
-    """Changes whenever a slice, the manifest or the pair manifest is rewritten."""
-    files = [pairs_file, shards_dir / "manifest.json", *parquet_files(shards_dir)]
-    stats = [(str(f), (st := f.stat()).st_size, st.st_mtime_ns) for f in files if f.exists()]
+def _fingerprint(shards_dir: Path, *more: Path) -> str:
+    """Changes whenever a slice or the manifest (or one of `more`, e.g. a pair manifest) is rewritten;
+    not when the folders are copied or moved whole (names, sizes and times only)."""
+    files = [*more, shards_dir / "manifest.json", *parquet_files(shards_dir)]
+    stats = [(f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in files if f.exists()]
     return hashlib.sha1(json.dumps([CACHE_VERSION, stats]).encode()).hexdigest()
 
 
-def _save_cache(path: Path, fingerprint: str, resolved: ResolvedPairs) -> None:
-    """One file: a JSON header line, then each array's raw bytes at a 64-byte aligned offset."""
-    idx = resolved.index
-    keys = idx.key_array
-    arrays = {"hi": resolved.hi, "lo": resolved.lo, "shard": idx.shard, "offsets": idx.offsets,
-              "sizes": idx.sizes,
-              "key_offsets": np.frombuffer(keys.buffers()[1], OFFSETS[keys.type])[keys.offset:keys.offset + len(keys) + 1],
-              "key_bytes": np.frombuffer(keys.buffers()[2] or b"", np.uint8)}
+def _flat_arrays(index: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """An index's arrays as a JSON header part and flat NumPy arrays (the keys as their Arrow
+    offsets and bytes, zero-copy), as `_write_arrays` stores them."""
+    keys = index["key_array"]
+    key_offsets = np.frombuffer(keys.buffers()[1], OFFSETS[keys.type])[keys.offset:keys.offset + len(keys) + 1]
+    return {"shard_names": index["shard_names"].tolist()}, {
+        "key_offsets": key_offsets, "key_bytes": np.frombuffer(keys.buffers()[2] or b"", np.uint8),
+        "shard": index["shard"], "offsets": index["offsets"], "sizes": index["sizes"],
+        "part_bounds": np.asarray(index["part_bounds"], dtype=np.int64)}
+
+
+def _index_arrays(header: dict, arrays: dict[str, np.ndarray]) -> dict:
+    """The inverse of `_flat_arrays`: ShardIndex's arrays from a mapped file."""
+    offsets = arrays["key_offsets"]
+    key_type = pa.large_string() if offsets.dtype == np.int64 else pa.string()
+    keys = pa.Array.from_buffers(key_type, len(offsets) - 1,
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(arrays["key_bytes"])])
+    return {"key_array": keys, "shard_names": np.asarray(header["shard_names"], dtype=object),
+            "shard": arrays["shard"], "offsets": arrays["offsets"], "sizes": arrays["sizes"],
+            "part_bounds": arrays["part_bounds"]}
+
+
+def _write_arrays(path: Path, header: dict, arrays: dict[str, np.ndarray]) -> None:
+    """One file: a JSON header line, then each array's raw bytes at a 64-byte aligned offset, so a
+    reader maps it without copying (write, then rename)."""
     layout, position = {}, 0
     for name, a in arrays.items():
         layout[name] = {"dtype": a.dtype.str, "shape": len(a), "offset": position}
         position += -(-a.nbytes // 64) * 64
-    header = json.dumps({"fingerprint": fingerprint, "missing": resolved.missing,
-                         "shard_names": idx.shard_names.tolist(), "arrays": layout}).encode() + b"\n"
-    start = -(-len(header) // 64) * 64
+    line = json.dumps({**header, "arrays": layout}).encode() + b"\n"
+    start = -(-len(line) // 64) * 64
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        f.write(header.ljust(start, b" "))
+        f.write(line.ljust(start, b" "))
         for name, a in arrays.items():
             f.seek(start + layout[name]["offset"])
             f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
     os.replace(tmp, path)
 
 
-def _load_cache(path: Path, fingerprint: str, shards_dir: Path) -> ResolvedPairs | None:
+def _map_arrays(path: Path, fingerprint: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """The header and memory-mapped arrays of a file `_write_arrays` wrote with this fingerprint
+    (None when it is absent, unreadable or stale)."""
     try:
         with open(path, "rb") as f:
             line = f.readline()
         header = json.loads(line)
     except (OSError, ValueError):
         return None
-    if header.get("fingerprint") != fingerprint:
+    if not isinstance(header, dict) or header.get("fingerprint") != fingerprint:
         return None
     start = -(-len(line) // 64) * 64  # the arrays start at the first aligned offset after the header
     mm = np.memmap(path, dtype=np.uint8, mode="r")
-    a = {}
+    arrays = {}
     for name, spec in header["arrays"].items():
         dtype = np.dtype(spec["dtype"])
         begin = start + spec["offset"]
-        a[name] = mm[begin:begin + spec["shape"] * dtype.itemsize].view(dtype)
-    key_offsets, key_bytes = a.pop("key_offsets"), a.pop("key_bytes")
-    key_type = pa.large_string() if key_offsets.dtype == np.int64 else pa.string()
-    keys = pa.Array.from_buffers(key_type, len(key_offsets) - 1,
-                                 [None, pa.py_buffer(key_offsets), pa.py_buffer(key_bytes)])
-    index = ShardIndex(shards_dir, {"key_array": keys, "shard_names": np.asarray(header["shard_names"], dtype=object),
-                                    "shard": a["shard"], "offsets": a["offsets"], "sizes": a["sizes"]})
-    return ResolvedPairs(index, a["hi"], a["lo"], header["missing"])
+        arrays[name] = mm[begin:begin + spec["shape"] * dtype.itemsize].view(dtype)
+    return header, arrays

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.console import UserError, progress
+from shards.locate import write_locate_file
 from shards.schema import IMAGES, OK, SCHEMA_VERSION, conform, read_table, write_json
 from shards.writer import ShardWriter
 
@@ -169,4 +170,5 @@ def write_manifest(out: Path, prefix: str, settings: dict) -> dict:
         "status": dict(sorted(by_status.items())),
     }
     write_json(manifest, out / "manifest.json")
+    write_locate_file(out)  # after the manifest, whose stat is part of its fingerprint
     return manifest

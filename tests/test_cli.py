@@ -39,13 +39,20 @@ def test_mistakes_are_one_line_with_exit_status_2(args, message):
     assert "Traceback" not in result.stderr
 
 
-def test_train_help_imports_neither_torch_nor_ray():
-    """`iipa train --help` answers at once: the CLI module imports nothing heavy until a run."""
+def test_help_and_argument_errors_import_neither_torch_nor_ray():
+    """Every `--help` and every argument error answers at once: no CLI module imports torch,
+    torchvision, ray or DALI until a command runs (checked after each, in one fresh process)."""
     import subprocess
     import sys
 
+    commands = COMMANDS + [["ingest", "trends"], ["shards", "index"], ["shards", "stats"], ["pairs"], ["shards"]]
     code = ("import sys; from cluster.cli import main\n"
-            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print('HEAVY', [m for m in ('torch', 'torchvision', 'ray') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "--batch-pairs" in out.stdout and "HEAVY []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+            f"for command in {commands!r}:\n"
+            "    for extra in (['--help'], ['--no-such-flag']):\n"
+            "        try:\n            main(command + extra)\n        except SystemExit:\n            pass\n"
+            "        heavy = [m for m in ('torch', 'torchvision', 'ray', 'nvidia.dali') if m in sys.modules]\n"
+            "        print('HEAVY', ' '.join(command + extra), heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    checked = [line for line in out.stdout.splitlines() if line.startswith("HEAVY")]
+    assert len(checked) == 2 * len(commands), out.stdout[-2000:] + out.stderr[-2000:]
+    assert all(line.endswith(" []") for line in checked), "\n".join(checked)

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from shards.locate import ShardIndex, resolve_pairs
-from shards.schema import read_table
+from shards.locate import ShardIndex, key_parts, resolve_in_background, resolve_pairs
+from shards.schema import SchemaError, read_table
 from tests.conftest import jpeg_bytes, photo_arrays
 from train.config import DataConfig
 from train.data import load_pairs
@@ -53,6 +53,30 @@ def test_pairs_resolve_to_the_right_bytes_and_the_cache_is_mapped(dataset):
     sha1 = {r["key"]: r["sha1"] for r in rows if r["status"] == "ok"}
     for row in range(len(again.index)):
         assert hashlib.sha1(again.index.read_row(row)).hexdigest() == sha1[again.index.key(row)]
+
+
+def test_shards_build_leaves_a_locate_file_that_readers_map(dataset):
+    """The build's last step: a reader maps DIR/.locate instead of scanning the slices, and finds
+    every `ok` row where the shards' own table says it is."""
+    assert (dataset / "shards" / ".locate").is_file()
+    index = ShardIndex(dataset / "shards")
+    assert isinstance(index.offsets, np.memmap)
+    ok = [r for r in read_table(dataset / "shards", "images").to_pylist() if r["status"] == "ok"]
+    located = {index.key(row): (str(loc.shard), loc.offset, loc.size)
+               for row in range(len(index)) for loc in [index.locate_row(row)]}
+    assert located == {r["key"]: (r["shard"], r["offset"], r["size"]) for r in ok}
+
+
+def test_a_stale_or_damaged_locate_file_is_not_trusted(dataset):
+    shards = dataset / "shards"
+    slice_path = sorted(shards.glob("*.parquet"))[0]
+    table = pq.read_table(slice_path)
+    victim = table.column("key")[0].as_py()
+    pq.write_table(table.filter(pc.not_equal(table.column("key"), victim)), slice_path)
+    assert victim not in set(ShardIndex(shards).keys)  # the rewritten slice is scanned again
+    assert victim not in set(ShardIndex(shards).keys)  # and the locate file rewritten with it
+    (shards / ".locate").write_bytes(b"\x00" * 100)
+    assert len(ShardIndex(shards)) == sum(r["status"] == "ok" for r in read_table(shards, "images").to_pylist())
 
 
 def test_a_rewritten_slice_invalidates_the_cache(dataset):
@@ -100,3 +124,48 @@ def test_rows_of_few_keys_and_of_many_agree(train_dataset):
     many = few + keys  # at least as many keys as the index: the other path
     assert list(index.rows(few)) == [len(keys) - 1, -1, 0, len(keys) - 1]
     assert list(index.rows(many)) == [len(keys) - 1, -1, 0, len(keys) - 1] + list(range(len(keys)))
+
+
+def test_a_keys_partition_depends_on_its_own_bytes_only():
+    """Short and long keys, at the start of the buffer or after others, sliced or not, either
+    string type: the same key always lands in the same partition, and partitions are used."""
+    keys = ["a", "ab", "1234567", "12345678", "123456789", "1000000000000000001_0", "x" * 95, "a"]
+    keys += [f"{10**18 + i}_{i % 4}" for i in range(2000)]
+    alone = [int(key_parts(pa.array([k]), 64)[0]) for k in keys]
+    assert list(key_parts(pa.array(keys), 64)) == alone
+    assert list(key_parts(pa.array(keys, pa.large_string()), 64)) == alone
+    assert list(key_parts(pa.array(["zz"] + keys).slice(1), 64)) == alone
+    assert list(key_parts(pa.chunked_array([keys[:5], keys[5:]]), 64)) == alone
+    assert len(set(alone)) == 64
+
+
+def test_rows_through_many_partitions_match_a_dictionary(tmp_path, monkeypatch):
+    """A real shards folder of 20 000 rows split into 64 partitions: every present key finds its
+    own row, absent ones -1, in any order and with repeats."""
+    import shards.locate
+    from cluster.benches.scale import make_scaleset
+
+    monkeypatch.setattr(shards.locate, "ROWS_PER_PART", 300)
+    root = make_scaleset(tmp_path, 20_000, 4, 100)
+    index = ShardIndex(root / "shards")
+    assert len(index.part_bounds) - 1 == 64
+    row_of = {k: i for i, k in enumerate(index.keys)}
+    rng = np.random.default_rng(0)
+    asked = list(rng.choice(index.keys, 30_000)) + ["1000000000000000000_1", "nope"] * 10
+    rng.shuffle(asked)
+    assert list(index.rows(asked)) == [row_of.get(k, -1) for k in asked]
+    ok = [r for r in read_table(root / "shards", "images").to_pylist() if r["status"] == "ok"]
+    assert {index.key(i): (index.locate_row(i).shard, index.locate_row(i).offset) for i in range(len(index))} \
+        == {r["key"]: (r["shard"], r["offset"]) for r in ok}
+
+
+def test_background_resolution_writes_the_caches_and_reraises_errors(dataset):
+    pairs = dataset / "pairs"
+    resolve_in_background(dataset / "shards", [pairs / "train.parquet", pairs / "val.parquet"]).result()
+    assert (pairs / ".train.resolved").is_file() and (pairs / ".val.resolved").is_file()
+    index = ShardIndex(dataset / "shards")
+    assert resolved_pairs(load_pairs(pairs / "train.parquet", index)) == expected_pairs(dataset)
+    assert "key_array" not in vars(index)  # what the trainer then loads is the mapped cache
+    (pairs / "val.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SchemaError, match="not a readable Parquet file"):
+        resolve_in_background(dataset / "shards", [pairs / "val.parquet"]).result()

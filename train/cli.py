@@ -118,9 +118,15 @@ def main(argv=None, prog: str = "iipa train") -> int:
         config = resolve_config(args)
         if args.nproc_per_node and "RANK" not in os.environ:
             return launch_torchrun(args, argv)
-        from train.loop import train
+        resolving = None
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # one rank a node resolves; the others map its caches
+            from shards.locate import resolve_in_background
 
-        result = train(config)
+            pairs = Path(config.data.pairs)
+            resolving = resolve_in_background(config.data.shards, [pairs / "train.parquet", pairs / "val.parquet"])
+        from train.loop import train  # imports torch while the pairs resolve
+
+        result = train(config, resolving)
         if result.get("rank", 0) == 0:
             print(json.dumps(result))
         return 0

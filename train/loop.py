@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,16 +173,17 @@ class StepWindow:
 class Trainer:
     """One rank's share of a training job: set up from the config (and state.pt if present), then `fit`."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, resolving: Future | None = None):
         self.config = config
         self.world, self.device = setup_distributed()
+        self.resolving = resolving
         self.out = Path(config.run.out)
         torch.manual_seed(config.run.seed)
+        self.raw_model = build_model(config.model.arch)  # first: the pairs may still be resolving
+        init = initialise(self.raw_model, config.model.init)
         shards = ShardIndex(config.data.shards)  # read on first use: not at all when the pair caches are warm
         self.train_pairs = self.load_split("train", shards)
         val_pairs = self.load_split("val", shards)
-        self.raw_model = build_model(config.model.arch)
-        init = initialise(self.raw_model, config.model.init)
         self.raw_model.to(self.device)
         if self.device.type == "cuda":
             self.raw_model.to(memory_format=torch.channels_last)
@@ -222,6 +224,8 @@ class Trainer:
         node resolves them and writes the cache while the others wait, then every rank maps it:
         one resolution and one copy in memory per node, not one per rank."""
         path = Path(self.config.data.pairs) / f"{split}.parquet"
+        if self.resolving is not None:
+            self.resolving.result()  # the caches are written: what follows maps them
         if dist.is_initialized():
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 load_pairs(path, shards)
@@ -284,9 +288,9 @@ class Trainer:
                 last_of_epoch = epoch_step + 1 == self.steps
                 if step % run.val_every == 0 or self.is_done(step) or (last_of_epoch and epoch + 1 == run.epochs):
                     last = self.validate(step, epoch)
+                if last_of_epoch:
+                    self.scheduler.step()  # × lr_decay once an epoch, before the epoch's checkpoint records it
                 if step % run.ckpt_every == 0 or self.is_done(step) or last_of_epoch:
-                    if last_of_epoch:
-                        self.scheduler.step()
                     position = (epoch + 1, 0) if last_of_epoch else (epoch, epoch_step + 1)
                     checkpoint(self.raw_model, self.optimizer, self.scheduler, self.config, self.world, step,
                                *position, self.steps)
@@ -315,6 +319,7 @@ class Trainer:
         return result
 
 
-def train(config: TrainConfig) -> dict:
-    """Train the pair ranker as configured (resuming from RUN/state.pt if present); return final metrics."""
-    return Trainer(config).fit()
+def train(config: TrainConfig, resolving: Future | None = None) -> dict:
+    """Train the pair ranker as configured (resuming from RUN/state.pt if present); return final
+    metrics. `resolving`: the pair caches being written in the background (shards.locate)."""
+    return Trainer(config, resolving).fit()

@@ -3,8 +3,9 @@
 Generates once into --workdir a shards folder of N images in many shards (every column of the
 images table filled, captions and word lists included, as real slices are) and a train manifest
 of N/2 pairs, then measures in fresh processes:
+  - the time `shards build` spends at its end writing the folder's locate file;
   - `python -m train … --max-steps 1` until its first batch is ready (`time/startup`, torch
-    import included) and its peak RSS, with a cold pair cache and a warm one;
+    import included) and its peak RSS, with a cold pair cache (just after the build) and a warm one;
   - the same model on a tiny data set (the memory an empty run takes);
   - the baseline: reading the same columns (key, shard, offset, size, status; hi_key, lo_key)
     with pyarrow alone, nothing resolved.
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cluster.bench import BenchConfig
-from shards.locate import LOCATE_COLUMNS
+from shards.locate import LOCATE_COLUMNS, LOCATE_FILE, write_locate_file
 from shards.schema import IMAGES, SCHEMA_VERSION, conform, write_json, write_table
 
 MEMBERS = 8  # distinct JPEGs per generated tar; rows of a shard point at them in turn
@@ -121,12 +122,13 @@ def make_scaleset(workdir: Path, n_images: int, n_shards: int, n_pairs: int, pho
     keys = pc.binary_join_element_wise(pc.cast(pa.array(ids), pa.string()), pa.scalar("0"), "_")
     a = rng.integers(0, n_images, n_pairs)
     b = (a + rng.integers(1, n_images, n_pairs)) % n_images
-    for split, count in (("train", n_pairs), ("val", 64), ("test", 64)):
+    for split, count in (("train", n_pairs), ("val", min(64, n_pairs)), ("test", min(64, n_pairs))):
         write_table(pa.table({"hi_key": keys.take(pa.array(a[:count])), "lo_key": keys.take(pa.array(b[:count])),
                               "hi_pop": np.full(count, 10.0), "lo_pop": np.full(count, 1.0),
                               "prob": np.full(count, 0.99), "user_id": pa.array(["u"] * count),
                               "rule": pa.array(["base"] * count), "days_apart": np.zeros(count)}),
                     root / "pairs" / f"{split}.parquet", "pairs")
+    write_locate_file(root / "shards")  # as shards build does last
     (root / "done").write_text("ok\n")
     return root
 
@@ -167,6 +169,12 @@ BASELINE = ("import json, resource, sys, time, pyarrow.parquet as pq; from pathl
             "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
 
 
+# In a child of its own: a child's peak RSS starts from its parent's (Linux keeps ru_maxrss across
+# exec), so the bench process itself must stay small until the start-up runs are measured.
+LOCATE = ("import json, sys, time; t = time.perf_counter(); from shards.locate import write_locate_file\n"
+          "write_locate_file(sys.argv[1]); print(json.dumps({'seconds': time.perf_counter() - t}))")
+
+
 def host_side_rate(root: Path, steps: int, batch_pairs: int) -> dict:
     """Images/s of the loader with decoding skipped (shard reads, slicing, batch assembly, the
     prefetch thread), against a naive reader of the same images: open, seek and read each one."""
@@ -199,6 +207,8 @@ def run(config: BenchConfig) -> dict:
     tiny = make_scaleset(config.workdir, 2_000, 2, 1_000)
     arch = "resnet18" if config.quick else "resnet50"
     baseline = in_child([sys.executable, "-c", BASELINE, str(root), ",".join(LOCATE_COLUMNS)])
+    (root / "shards" / LOCATE_FILE).unlink(missing_ok=True)
+    locate = in_child([sys.executable, "-c", LOCATE, str(root / "shards")])  # what shards build adds at its end
     for cache in (root / "pairs").glob(".*.resolved"):
         cache.unlink()
     empty = first_step(tiny, config.workdir / "run-empty", arch)
@@ -213,4 +223,5 @@ def run(config: BenchConfig) -> dict:
             "shards": n_shards, "arch": arch, "cold": cold, "warm": warm, "empty_run": empty,
             "rss_beyond_empty_mb": {"cold": cold["peak_rss_mb"] - empty["peak_rss_mb"],
                                     "warm": warm["peak_rss_mb"] - empty["peak_rss_mb"]},
-            "baseline_peak_rss_mb": round(baseline["peak_rss_mb"]), **host}
+            "baseline_peak_rss_mb": round(baseline["peak_rss_mb"]), "locate_file_write_s": round(locate["seconds"], 2),
+            **host}

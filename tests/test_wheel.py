@@ -1,0 +1,56 @@
+"""The package as users install it: a wheel built from this tree, installed into a fresh venv
+outside it, runs `iipa` (bench included) and a small real job from the installed files alone."""
+import json
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """bin/ of a fresh venv holding the wheel (no dependencies: those of this venv are lent to it
+    through a .pth file, so nothing is downloaded and the source tree is not on the path)."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(root / "dist"), str(REPO)], check=True, cwd=root)
+    env_dir = root / "env"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    # This venv's dependencies, but not its editable install of iipa (a plain path: no .pth runs).
+    Path(site, "lent-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    wheel = next((root / "dist").glob("iipa-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, cwd=root)
+    return env_dir / "bin"
+
+
+def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bin_dir / "iipa"), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_the_installed_wheel_runs_from_its_own_files(installed, tmp_path):
+    where = subprocess.run([str(installed / "python"), "-c", "import cluster, shards; print(cluster.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert str(REPO) not in where and "site-packages" in where
+    for args in (["--help"], ["bench", "--help"], ["shards", "--help"], ["train", "--help"]):
+        done = run(installed, *args, cwd=tmp_path)
+        assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
+    assert (Path(where).parent / "gpu_check.sh").is_file()
+
+
+def test_the_installed_wheel_ingests_and_pairs_a_synthetic_set(installed, tmp_path):
+    assert run(installed, "ingest", "synthetic", "--out", "raw", "--users", "4", "--tweets-per-user", "10",
+               cwd=tmp_path).returncode == 0
+    done = run(installed, "ingest", "archive", "raw/archive.jsonl", "--out", "images.parquet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = run(installed, "pairs", "build", "--images", "images.parquet", "--out", "pairs", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "pairs" / "stats.json").read_text())["pairs"] > 0
