@@ -77,14 +77,14 @@ def print_table(table) -> None:
 def _score(args) -> int:
     from eval.score import ScoreConfig, score_images
 
-    table = score_images(ScoreConfig(args.model, list(args.images), args.shards, args.out, args.batch_size,
-                                     args.device, args.backend, args.threads))
+    table, not_images = score_images(ScoreConfig(args.model, list(args.images), args.shards, args.out,
+                                                 args.batch_size, args.device, args.backend, args.threads))
     if args.out is None:
         print_table(table)
     failed = [r for r in table.to_pylist() if r["status"] != "ok"]
     for r in failed:
         sys.stderr.write(f"{r['path']}: {r['status']}: {r['error']}\n")
-    summary = {"scored": table.num_rows - len(failed), "failed": len(failed)}
+    summary = {"scored": table.num_rows - len(failed), "failed": len(failed), "not_images": not_images}
     if args.out is not None:
         summary["out"] = str(args.out)
     sys.stderr.write(json.dumps(summary) + "\n")

@@ -1,16 +1,24 @@
 """`iipa score`: scores for images given as files, folders or shards, with the preprocessing
 recorded beside the model (IIPA's own for `iipa:PATH`).
 
-Images are read and decoded in batches through the trainer's own decoders (train.data), so a
-score here is exactly the score the model saw in validation. An image that does not decode is
-a row with a status and a message; the rest of its batch is still scored.
+For our own models an image file is first stored as `shards build` stores it (the same
+`shards.resize.resize_image`: EXIF orientation applied, transparency over white, the shorter side
+at the shards' size, re-encoded as JPEG), since the model learned those pixels; `iipa:` weights
+get the file as it is, as IIPA's own script reads it. Images are then decoded in batches through
+the trainer's own decoders (train.decode), so a score here is the score the model gives the same
+photo in shards. An image that does not decode is a row with a status and a message; the rest of
+its batch is still scored.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -19,13 +27,14 @@ import pyarrow.parquet as pq
 import torch
 
 from shards.console import UserError, check_out, progress
-from shards.resize import image_error
+from shards.resize import ResizeConfig, image_error, resize_image
 from train.checkpoint import load_matching, model_meta, read_weights
 from train.config import DataConfig
 from train.decode import make_decoder
 from train.model import build_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+log = logging.getLogger("iipa.score")
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,6 +47,18 @@ def pick_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from exc
+
+
+def stored_as(model_path: Path) -> ResizeConfig:
+    """How the shards a run trained on stored their images (the run's config.json names the
+    shards, their manifest.json records the settings), else `shards build`'s defaults."""
+    try:
+        run = json.loads((Path(model_path).parent / "config.json").read_text())
+        manifest = json.loads((Path(run["data"]["shards"]) / "manifest.json").read_text())
+        return ResizeConfig(**manifest["resize"])
+    except (OSError, ValueError, KeyError, TypeError):
+        log.info("score: images are stored with shards build's defaults (the run's shards settings are not at hand)")
+        return ResizeConfig()
 
 
 class Scorer:
@@ -58,6 +79,21 @@ class Scorer:
         self.decoder = make_decoder(data, train=False, device=self.device)
         self.batch_size = batch_size
         self.meta = meta
+        self.model_path = str(model_path)
+
+    @cached_property
+    def store(self) -> ResizeConfig | None:
+        """How an image file is stored before decoding: as our shards store it, or, for IIPA's
+        weights, not at all (IIPA's script reads the file as it is: no EXIF orientation, alpha dropped)."""
+        return None if self.model_path.startswith("iipa:") else stored_as(Path(self.model_path))
+
+    def prepare(self, data: bytes) -> tuple[bytes | None, str, str | None]:
+        """An image file's bytes as this model was trained on them: (bytes, "ok", None), or
+        (None, status, message) where `shards build` would have refused the image."""
+        if self.store is None:
+            return data, "ok", None
+        stored = resize_image(data, self.store)
+        return stored.data, stored.status, stored.error
 
     @torch.no_grad()
     def _forward(self, encoded: list[bytes]) -> np.ndarray:
@@ -110,38 +146,45 @@ class ScoreConfig:
     """Threads reading and decoding images."""
 
 
-def list_images(inputs: list[Path]) -> list[Path]:
-    """Files as given (whatever their suffix) and the image files under each folder, sorted."""
+def list_images(inputs: list[Path]) -> tuple[list[Path], int]:
+    """Files as given (whatever their suffix) and the image files under each folder, sorted; and
+    how many other files the folders held (counted, not scored)."""
     paths: list[Path] = []
+    not_images = 0
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            # A dangling link is listed too: it becomes a not_found row, not a silent gap.
-            found = sorted(p for p in item.rglob("*")
-                           if (p.is_file() or p.is_symlink() and not p.exists()) and p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = [p for p in item.rglob("*") if not p.is_dir()]
+            # A link to nowhere with an image's name is kept: its row says not_found.
+            found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
             if not found:
                 raise UserError(f"{item}: no image files in this folder")
             paths.extend(found)
+            not_images += len(entries) - len(found)
         else:
             paths.append(item)  # a missing file becomes a row with status not_found
-    return paths
+    return paths, not_images
 
 
-def _read(path: Path) -> tuple[bytes | None, str | None]:
+def _read(path: Path, scorer: Scorer) -> tuple[bytes | None, str, str | None]:
+    """(bytes as the model takes them, "ok", None), or (None, status, message)."""
     try:
-        return path.read_bytes(), None
+        data = path.read_bytes()
     except OSError as exc:
-        return None, f"{type(exc).__name__}: {exc.strerror or exc}"
+        status = "not_found" if not path.exists() else "read_error"
+        return None, status, f"{type(exc).__name__}: {exc.strerror or exc}"
+    return scorer.prepare(data)
 
 
 def score_files(scorer: Scorer, paths: list[Path], threads: int = 2) -> dict[str, list]:
-    """One row per path: path, score, status (ok, not_found, read_error, decode_error), error."""
+    """One row per path: path, score, status (ok, not_found, read_error, decode_error, or what
+    `shards build` would have said of the image: too_small, too_large), error."""
     rows: dict[str, list] = {"path": [], "score": [], "status": [], "error": []}
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for start in progress(range(0, len(paths), scorer.batch_size), desc="scoring", unit="batch"):
             chunk = paths[start:start + scorer.batch_size]
-            read = list(pool.map(_read, chunk))
-            good = [i for i, (data, _) in enumerate(read) if data is not None]
+            read = list(pool.map(_read, chunk, [scorer] * len(chunk)))
+            good = [i for i, (data, _, _) in enumerate(read) if data is not None]
             scores, errors = scorer.score_safe([read[i][0] for i in good]) if good else (np.zeros(0), [])
             by_index = {i: (s, e) for i, s, e in zip(good, scores, errors)}
             for i, path in enumerate(chunk):
@@ -153,8 +196,8 @@ def score_files(scorer: Scorer, paths: list[Path], threads: int = 2) -> dict[str
                     rows["error"].append(error)
                 else:
                     rows["score"].append(None)
-                    rows["status"].append("not_found" if not path.exists() else "read_error")
-                    rows["error"].append(read[i][1])
+                    rows["status"].append(read[i][1])
+                    rows["error"].append(read[i][2])
     return rows
 
 
@@ -201,7 +244,14 @@ SCORES = pa.schema([("path", pa.string()), ("key", pa.string()), ("score", pa.fl
                     ("status", pa.string()), ("error", pa.string())])
 
 
-def score_images(config: ScoreConfig) -> pa.Table:
+class Scored(NamedTuple):
+    """The scores (one row per input) and how many files in the folders were not images."""
+
+    table: pa.Table
+    not_images: int
+
+
+def score_images(config: ScoreConfig) -> Scored:
     """Score every input image (files, folders, or a shards folder); one row per input."""
     if not config.inputs and config.shards is None:
         raise UserError("give images or folders to score, or --shards DIR")
@@ -212,7 +262,7 @@ def score_images(config: ScoreConfig) -> pa.Table:
     if config.out is not None:
         check_out(config.out, folder=False)
     pick_device(config.device)  # a bad --device fails before any file is listed or read
-    paths = list_images(config.inputs)
+    paths, not_images = list_images(config.inputs)
     scorer = Scorer(config.model, config.backend, config.batch_size, config.threads, config.device)
     tables = []
     if paths:
@@ -225,4 +275,4 @@ def score_images(config: ScoreConfig) -> pa.Table:
     table = pa.concat_tables(tables)
     if config.out is not None:
         write_scores(table, Path(config.out))
-    return table
+    return Scored(table, not_images)

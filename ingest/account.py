@@ -16,9 +16,11 @@ from pathlib import Path
 from ingest.reader import (
     FormatError,
     Malformed,
+    Skipped,
     file_time,
     json_array_items,
     parse_time,
+    per_item,
     v1_tweet_rows,
 )
 
@@ -46,8 +48,8 @@ def tweet_files(path: Path) -> list[Path]:
 
 def read_js(path: Path):
     """The JSON value assigned in a `window.… = VALUE` file of the archive."""
-    text = path.read_text(encoding="utf-8-sig")
     try:
+        text = path.read_text(encoding="utf-8-sig")
         return json.loads(text[text.index("=") + 1:])
     except ValueError as exc:
         raise FormatError(f"{path}: not a readable account-archive file ({exc})") from exc
@@ -89,7 +91,8 @@ def local_media_finder(folder: Path):
     return find
 
 
-def read_account(path: Path, collected_at=None, media_types=frozenset({"photo"}), **_) -> Iterator[dict | Malformed]:
+def read_account(path: Path, collected_at=None, media_types=frozenset({"photo"}),
+                 **_) -> Iterator[dict | Malformed | Skipped]:
     """Rows of an account archive (its root, its `data/` folder or one of its tweets files)."""
     folder = data_dir(path)
     files = tweet_files(path)
@@ -98,14 +101,10 @@ def read_account(path: Path, collected_at=None, media_types=frozenset({"photo"})
     owner = owner_id(folder)
     when = generated_at(folder) or collected_at or file_time(files[0])
     local = local_media_finder(folder)
+
+    def rows_of(item, skipped) -> list[dict]:
+        tweet = item.get("tweet", item) if isinstance(item, dict) else item
+        return v1_tweet_rows(tweet, when, media_types, False, skipped, user_id=owner, local_media=local)
+
     for file in files:
-        for number, item in json_array_items(file, skip_prefix=True):
-            try:
-                if isinstance(item, Exception):
-                    raise item
-                tweet = item.get("tweet", item) if isinstance(item, dict) else item
-                rows = v1_tweet_rows(tweet, when, media_types, False, user_id=owner, local_media=local)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                yield Malformed(str(file), number, f"{type(exc).__name__}: {exc}")
-                continue
-            yield from rows
+        yield from per_item(file, json_array_items(file, skip_prefix=True), rows_of)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.reader import READERS, Counted, FormatError, Malformed, detect_format, parse_time
+from ingest.reader import READERS, Counted, FormatError, Malformed, Skipped, detect_format, parse_time
 from ingest.spill import SEQ, Spill, kept_rows, read_columns, regroup, winners
 from shards.console import progress
 from shards.schema import IMAGES, conform, write_json
@@ -39,6 +39,7 @@ SPILLED = IMAGES.append(pa.field(SEQ, pa.int64()))
 USER_IDS = pa.schema([pa.field("user_id", pa.string())])
 # What deduplication and the summary need of a partition, read before its rows.
 NARROW = ["key", "tweet_id", "user_id", "collected_at", SEQ]
+COUNTS = ("retweets", "likes", "replies", "quotes")
 
 
 @dataclass
@@ -99,23 +100,49 @@ def numbered(table: pa.Table, first: int) -> pa.Table:
     return table.append_column(SEQ, seq).replace_schema_metadata(None).cast(SPILLED)
 
 
+def without_negative_counts(table: pa.Table, skipped: dict) -> pa.Table:
+    """The rows whose counts are all ≥ 0; the tweets of the others are counted (a negative count
+    would make `pairs build` refuse the whole table)."""
+    bad = None
+    for name in COUNTS:
+        if name in table.column_names:
+            negative = pc.fill_null(pc.less(table.column(name), 0), False)
+            bad = negative if bad is None else pc.or_(bad, negative)
+    if bad is None or not pc.any(bad).as_py():
+        return table
+    add(skipped, "negative_count", pc.count_distinct(table.column("tweet_id").filter(bad)).as_py())
+    return table.filter(pc.invert(bad))
+
+
+def add(counts: dict, reason: str, n: int) -> None:
+    counts[reason] = counts.get(reason, 0) + n
+
+
+def said(counts: dict) -> str:
+    """Per-reason counts as a phrase: `3 retweet, 1 not a tweet`."""
+    return ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(counts.items()))
+
+
 def read_inputs(files, config: ArchiveConfig, spill: Spill) -> tuple[list[dict], int, list[str]]:
     """Stream every input into the spill; return per-file counts, malformed count and first lines."""
     collected_at = parse_time(config.collected_at) if config.collected_at else None
     per_file, malformed, first_bad = [], 0, []
     bar = progress(unit=" rows", desc="ingest")
     for path, fmt in files:
-        counts = {"path": str(path), "format": fmt, "rows": 0, "malformed": 0, "counted": {}}
+        counts = {"path": str(path), "format": fmt, "rows": 0, "malformed": 0, "skipped": {}, "counted": {}}
         rows: list[dict] = []
 
         def keep(table: pa.Table) -> None:
+            table = without_negative_counts(table, counts["skipped"])
             spill.add(numbered(table, spill.rows))
             counts["rows"] += table.num_rows
             bar.update(table.num_rows)
 
         for item in READERS[fmt](path, collected_at, frozenset(config.media), columns=config.columns,
                                  constants=config.constants, originals=config.originals):
-            if isinstance(item, Counted):
+            if isinstance(item, Skipped):
+                add(counts["skipped"], item.reason, item.count)
+            elif isinstance(item, Counted):
                 counts["counted"][item.reason] = counts["counted"].get(item.reason, 0) + item.count
                 log.warning("%s: %d row(s): %s%s", path, item.count, item.reason.replace("_", " "),
                             WHY.get(item.reason, ""))
@@ -135,6 +162,10 @@ def read_inputs(files, config: ArchiveConfig, spill: Spill) -> tuple[list[dict],
                     rows = []
         if rows:
             keep(pa.Table.from_pylist(rows))
+        if not counts["rows"]:
+            log.warning("%s: no photo tweet in this file (%s)", path, said(
+                {**counts["skipped"], **({"malformed": counts["malformed"]} if counts["malformed"] else {})})
+                or "no records")
         per_file.append(counts)
     bar.close()
     if malformed > MAX_LOGGED:
@@ -220,6 +251,7 @@ def ingest_archive(config: ArchiveConfig) -> dict:
         "duplicates": spill.rows - counts["images"],
         "malformed": malformed,
         "malformed_lines": first_bad,
+        "skipped": totals([f["skipped"] for f in per_file]),
         "counted": totals([f["counted"] for f in per_file]),
         "files": per_file,
         "seconds": round(time.perf_counter() - start, 3),
@@ -228,6 +260,7 @@ def ingest_archive(config: ArchiveConfig) -> dict:
                    for k, v in asdict(config).items()},
     }
     write_json(summary, out.with_name(out.stem + ".summary.json"))
-    log.info("ingest: %d images of %d tweets by %d users from %d file(s); %d malformed record(s) skipped",
-             counts["images"], counts["tweets"], counts["users"], len(files), malformed)
+    log.info("ingest: %d images of %d tweets by %d users from %d file(s); %d malformed record(s); skipped: %s",
+             counts["images"], counts["tweets"], counts["users"], len(files), malformed,
+             said(summary["skipped"]) or "none")
     return summary

@@ -142,8 +142,9 @@ def page_keys(page: np.ndarray, media_keys: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(pa.array(page.astype(str)), media_keys, "\x00")
 
 
-def photos(pages: pa.Table, tweets: pa.Array, tweet_page: np.ndarray, media_types) -> pa.Table:
-    """(tweet, media_key, url) of every kept medium, in tweet then attachment order.
+def photos(pages: pa.Table, tweets: pa.Array, tweet_page: np.ndarray, media_types) -> tuple[pa.Table, np.ndarray]:
+    """(tweet, media_key, url) of every kept medium, in tweet then attachment order, and how many
+    of each tweet's media keys name a medium of its page.
 
     A hash lookup rather than a join: Arrow's joins run on its own threads and allocate from its
     default allocator whatever pool is set, which holds on to tens of MB per thread.
@@ -163,7 +164,8 @@ def photos(pages: pa.Table, tweets: pa.Array, tweet_page: np.ndarray, media_type
     url = pc.coalesce(pc.if_else(pc.equal(url, ""), None, url), _field(media, "preview_image_url"))
     kept = pa.table({"tweet": key_tweet[found], "media_key": _field(media, "media_key").take(pick),
                      "type": _field(media, "type").take(pick), "url": url.take(pick)})
-    return kept.filter(pc.is_in(kept.column("type"), pa.array(sorted(media_types), pa.string())))
+    found_per_tweet = np.bincount(key_tweet[found], minlength=len(tweets))
+    return kept.filter(pc.is_in(kept.column("type"), pa.array(sorted(media_types), pa.string()))), found_per_tweet
 
 
 def retweets(tweets: pa.Array) -> np.ndarray:
@@ -175,21 +177,36 @@ def retweets(tweets: pa.Array) -> np.ndarray:
     return is_rt
 
 
-def pages_to_rows(pages: pa.Table, fallback, media_types, originals: bool = True) -> pa.Table:
-    """Rows (images-table columns) of a block of twarc2 pages; raises NotClean where unsure."""
+def skips(tweets: pa.Array, is_rt: np.ndarray, tweet_idx: np.ndarray, found: np.ndarray) -> dict[str, int]:
+    """Why the tweets of a block that gave no row gave none (the reference reader's reasons)."""
+    n_keys = pc.fill_null(pc.list_value_length(_field(tweets, "attachments", "media_keys")), 0).to_numpy()
+    empty = (np.bincount(tweet_idx, minlength=len(tweets)) == 0) & ~is_rt
+    not_included = empty & (n_keys > 0) & (found == 0)
+    return {"retweet": int(is_rt.sum()), "no_photo": int((empty & ~not_included).sum()),
+            "media_not_included": int(not_included.sum())}
+
+
+def pages_to_rows(pages: pa.Table, fallback, media_types, originals: bool = True) -> tuple[pa.Table, dict[str, int]]:
+    """Rows (images-table columns) of a block of twarc2 pages and what was skipped; raises
+    NotClean where unsure."""
     data = pages.column("data").combine_chunks()
     if data.null_count:
         raise NotClean("a page without data")
     tweets = pc.list_flatten(data)
+    if _field(tweets, "id").null_count:
+        raise NotClean("a record without id")
     tweet_page = pc.list_parent_indices(data).to_numpy()
     is_rt = retweets(tweets)
     included = pc.list_value_length(_field(pages.column("includes").combine_chunks(), "tweets"))
     if originals and np.any(pc.fill_null(included, 0).to_numpy()[tweet_page[is_rt]] > 0):
         raise NotClean("retweets whose originals the page includes")
-    kept = photos(pages, tweets, tweet_page, media_types)
+    kept, found = photos(pages, tweets, tweet_page, media_types)
     tweet_idx = kept.column("tweet").to_numpy()
     kept_mask = ~is_rt[tweet_idx]
     kept, tweet_idx = kept.filter(pa.array(kept_mask)), tweet_idx[kept_mask]
+    tweet_url = pc.binary_join_element_wise(pa.array(tweet_idx.astype(str)), kept.column("url"), "\x00")
+    if pc.count_distinct(tweet_url).as_py() != len(tweet_url) - tweet_url.null_count:
+        raise NotClean("a tweet that gives one URL twice")
     index, sizes = _position_in_group(tweet_idx)
     t = tweets.take(pa.array(tweet_idx, pa.int64()))
     ids, authors, created_raw = _field(t, "id"), _field(t, "author_id"), _field(t, "created_at")
@@ -221,7 +238,7 @@ def pages_to_rows(pages: pa.Table, fallback, media_types, originals: bool = True
         "replies": _field(metrics, "reply_count"), "quotes": _field(metrics, "quote_count"),
         "media_count": pa.array(sizes, pa.int32()), "url": kept.column("url"),
         "status": pa.array(np.full(len(index), PENDING, dtype=object), pa.string()),
-    })
+    }), skips(tweets, is_rt, tweet_idx, found)
 
 
 def line_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
@@ -267,17 +284,19 @@ def parse_block(block: bytes) -> pa.Table:
     return pj.read_json(io.BytesIO(block), read_options=options, parse_options=parse)
 
 
-def _reference(path: Path, first_line: int, block: bytes, fallback, media_types, originals) -> Iterator:
+def _reference(path: Path, first_line: int, block: bytes, fallback, media_types, originals,
+               skipped: dict[str, int]) -> Iterator:
     """The reference reader over one block, with the file's own line numbers."""
     for offset, line in enumerate(block.split(b"\n")):
         if not line.strip():
             continue
-        number = first_line + offset
+        number, mine = first_line + offset, reader.tally()
         try:
-            rows = reader.twarc2_page_rows(json.loads(line), fallback, media_types, originals)
+            rows = reader.twarc2_page_rows(reader.loads(line), fallback, media_types, originals, mine)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             yield reader.Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
             continue
+        reader.add_to(skipped, mine)
         yield from rows
 
 
@@ -286,12 +305,14 @@ def read_twarc2_fast(path: Path, collected_at=None, media_types=frozenset({"phot
     """twarc2 JSONL as Arrow tables of rows, a block at a time; unclean blocks go line by line."""
     path = Path(path)
     fallback = collected_at or reader.file_time(path)
-    lines = LineCounter(path)
+    lines, skipped = LineCounter(path), reader.tally()
     for offset, block in line_blocks(path, block_bytes):
         try:
-            rows = pages_to_rows(parse_block(block), fallback, frozenset(media_types), originals)
+            rows, block_skips = pages_to_rows(parse_block(block), fallback, frozenset(media_types), originals)
         except (NotClean, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            yield from _reference(path, lines.at(offset), block, fallback, media_types, originals)
+            yield from _reference(path, lines.at(offset), block, fallback, media_types, originals, skipped)
             continue
+        reader.add_to(skipped, block_skips)
         if rows.num_rows:
             yield rows
+    yield from reader.skipped_totals(skipped)

@@ -3,7 +3,9 @@
 Each format is a generator over one file that yields row dicts (the columns of
 `shards.schema.IMAGES` that metadata can fill), `pyarrow.Table` batches of such rows (from a
 vectorised fast path), or `Malformed` markers for records it could not use, so one bad record is
-counted and reported without stopping the run. Readers stream: memory does not grow with the file.
+counted and reported without stopping the run; at its end, `Skipped` totals for the records that
+were read but gave no row (`SKIP_REASONS` says why each can be) and `Counted` totals for rows
+worth a word. Readers stream: memory does not grow with the file.
 
 Formats (the keys of `READERS`): `twarc2` (raw API v2 response pages, one per line), `v2`
 (twarc2 *flattened* tweets, one per line, expansions inlined), `v1` (API v1.1 tweets as JSONL or
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +32,14 @@ WORD_RE = re.compile(r"\w+(?:'\w+)?")
 MEDIA_KEY_PREFIX = {"photo": "3", "video": "7", "animated_gif": "16"}
 ARRAY_CHUNK = 1 << 20
 MAX_RECORD_CHARS = 64 << 20  # one JSON record larger than this is malformed, not buffered further
+DETECT_LINES = 20  # lines that may fail to parse before a file counts as of no known format
+NOT_UTF8_RE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of bytes that are not UTF-8
+# An escaped surrogate (\ud800-\udfff) is a character only as a high one followed by a low one.
+LONE_ESCAPE_RE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                            r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]")
+LONE_ESCAPE_BYTES_RE = re.compile(LONE_ESCAPE_RE.pattern.encode())
+ESCAPE_RE = re.compile(r"\\u[dD]")  # the quick look first (a literal prefix: re scans for it fast)
+ESCAPE_BYTES_RE = re.compile(ESCAPE_RE.pattern.encode())
 
 
 @dataclass
@@ -47,6 +58,46 @@ class Counted:
 
     reason: str
     count: int
+
+
+@dataclass
+class Skipped:
+    """Records of a file that were read and gave no row, for one of `SKIP_REASONS` (how many)."""
+
+    reason: str
+    count: int
+
+
+SKIP_REASONS = {
+    "retweet": "retweets (their embedded originals, where present, are read on their own)",
+    "no_photo": "tweets without a photo (or other medium --media asks for)",
+    "media_not_included": "tweets whose media keys name no medium of their page",
+    "not_a_tweet": "records that are not tweets (a user object, a bare value)",
+    "original_incomplete": "embedded retweeted originals without a user, id or time",
+    "duplicate_url": "photos whose URL the same tweet already gave",
+    "no_url": "table rows without a photo URL",
+    "negative_count": "tweets with a negative retweet, like, reply or quote count",
+}
+
+
+def tally() -> dict[str, int]:
+    """Skipped records by reason, `tally[reason] += 1` (a defaultdict: as cheap as a dict, which a
+    Counter's missing keys are not, once a record)."""
+    return defaultdict(int)
+
+
+def add_to(total: dict[str, int], more: dict[str, int]) -> None:
+    """Sum one tally into another (a record's skips into its file's, once the record is read)."""
+    for reason, n in more.items():
+        total[reason] += n
+
+
+def skipped_totals(skipped: dict[str, int]) -> Iterator[Skipped]:
+    """What a reader yields at the end of its file: one `Skipped` per reason that occurred."""
+    for reason, count in sorted(skipped.items()):
+        assert reason in SKIP_REASONS, reason  # each reason is documented there (and in the README)
+        if count:
+            yield Skipped(reason, count)
 
 
 class FormatError(ValueError):
@@ -99,8 +150,20 @@ def _count(metrics: dict, name: str) -> int | None:
     return None if value is None else int(value)
 
 
-def photo_rows(base: dict, media: list[tuple[str | None, str | None]]) -> list[dict]:
-    """One row per kept medium (media_key, url) of a tweet whose shared columns are `base`."""
+def photo_rows(base: dict, media: list[tuple[str | None, str | None]], skipped: dict[str, int]) -> list[dict]:
+    """One row per kept medium (media_key, url) of a tweet whose shared columns are `base`.
+
+    A URL the tweet gave already is the same photo again: it is counted, not kept twice.
+    """
+    if len(media) > 1:
+        unique, seen = [], set()
+        for key, url in media:
+            if url is None or url not in seen:
+                unique.append((key, url))
+                seen.add(url)
+        if len(unique) < len(media):
+            skipped["duplicate_url"] += len(media) - len(unique)
+            media = unique
     base = {**base, "media_count": len(media), "status": PENDING}
     return [{**base, "key": f"{base['tweet_id']}_{i}", "media_key": key, "url": url}
             for i, (key, url) in enumerate(media)]
@@ -109,17 +172,22 @@ def photo_rows(base: dict, media: list[tuple[str | None, str | None]]) -> list[d
 # ---- API v2 (twarc2 pages and flattened tweets) -------------------------------------------
 
 
-def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types) -> list[dict]:
+def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types, skipped: dict[str, int]) -> list[dict]:
     """Rows for one API v2 tweet object: one per photo (or other asked-for media type)."""
+    if not isinstance(tweet, dict) or "id" not in tweet:
+        skipped["not_a_tweet"] += 1
+        return []
     refs = {r.get("type") for r in tweet.get("referenced_tweets") or []}
     if "retweeted" in refs:
+        skipped["retweet"] += 1
         return []
     attachments = tweet.get("attachments") or {}
     if media_by_key is None:  # flattened: the media objects sit inside the tweet
         media_by_key = {m["media_key"]: m for m in attachments.get("media") or []}
-    media = [media_by_key[k] for k in attachments.get("media_keys", [])
-             if k in media_by_key and media_by_key[k].get("type") in media_types]
+    keys = attachments.get("media_keys") or []
+    media = [media_by_key[k] for k in keys if k in media_by_key and media_by_key[k].get("type") in media_types]
     if not media:
+        skipped["no_photo" if any(k in media_by_key for k in keys) or not keys else "media_not_included"] += 1
         return []
     entities = tweet.get("entities") or {}
     metrics = tweet.get("public_metrics") or {}
@@ -138,7 +206,8 @@ def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types) ->
         "replies": _count(metrics, "reply_count"),
         "quotes": _count(metrics, "quote_count"),
     }
-    return photo_rows(base, [(m.get("media_key"), m.get("url") or m.get("preview_image_url")) for m in media])
+    return photo_rows(base, [(m.get("media_key"), m.get("url") or m.get("preview_image_url")) for m in media],
+                      skipped)
 
 
 def retweeted_originals(tweet: dict, by_id: dict) -> list[dict]:
@@ -147,7 +216,7 @@ def retweeted_originals(tweet: dict, by_id: dict) -> list[dict]:
             if r.get("type") == "retweeted" and r.get("id") in by_id]
 
 
-def twarc2_page_rows(page: dict, collected_at, media_types, originals: bool = True) -> list[dict]:
+def twarc2_page_rows(page: dict, collected_at, media_types, originals: bool, skipped: dict[str, int]) -> list[dict]:
     """Rows of one raw v2 response page (`data`, `includes`, optional `__twarc`)."""
     # A search's last page may hold no tweets at all, only its `meta`.
     data = page["data"] if "data" in page or "meta" not in page else []
@@ -155,21 +224,49 @@ def twarc2_page_rows(page: dict, collected_at, media_types, originals: bool = Tr
     includes = page.get("includes") or {}
     media = {m["media_key"]: m for m in includes.get("media", [])}
     when = parse_time((page.get("__twarc") or {}).get("retrieved_at")) or collected_at
-    rows = [r for t in tweets for r in v2_tweet_rows(t, media, when, media_types)]
+    rows = [r for t in tweets for r in v2_tweet_rows(t, media, when, media_types, skipped)]
     if originals:
         by_id = {str(t.get("id")): t for t in includes.get("tweets", [])}
         for tweet in tweets:
             for original in retweeted_originals(tweet, by_id):
-                rows += _quiet_rows(v2_tweet_rows, original, media, when, media_types)
+                rows += original_rows(v2_tweet_rows, skipped, original, media, when, media_types)
     return rows
 
 
-def _quiet_rows(fn, *args) -> list[dict]:
-    """Rows of an embedded original, or none when it lacks fields (the record itself is fine)."""
+def original_rows(fn, skipped: dict[str, int], *args) -> list[dict]:
+    """Rows of an embedded original; one that lacks fields is counted (the retweet itself is fine)."""
+    mine = tally()
     try:
-        return fn(*args)
+        rows = fn(*args, mine)
     except (ValueError, KeyError, TypeError, AttributeError):
+        skipped["original_incomplete"] += 1
         return []
+    add_to(skipped, mine)
+    return rows
+
+
+LONE_SURROGATE = "a JSON escape that is no character (a lone surrogate)"
+
+
+def lone_surrogate(raw: bytes | str, obj) -> bool:
+    """Whether a record parsed from `raw` holds an escaped lone surrogate (`"\\udc80"`): valid JSON,
+    but no character, so no UTF-8 table could store the row."""
+    escape, lone = (ESCAPE_BYTES_RE, LONE_ESCAPE_BYTES_RE) if isinstance(raw, bytes) else (ESCAPE_RE, LONE_ESCAPE_RE)
+    if not escape.search(raw) or not lone.search(raw):
+        return False
+    try:  # rare from here on: a hostile escape, or an escaped backslash before a `ud800` of text
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def loads(raw: bytes):
+    """`json.loads` of one line, refusing a lone surrogate (a ValueError, as a parse error is)."""
+    obj = json.loads(raw)
+    if lone_surrogate(raw, obj):
+        raise ValueError(LONE_SURROGATE)
+    return obj
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, object]]:
@@ -179,27 +276,33 @@ def json_lines(path: Path) -> Iterator[tuple[int, object]]:
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield number, loads(line)
             except ValueError as exc:
                 yield number, exc
 
 
-def _per_line(path: Path, rows_of) -> Iterator[dict | Malformed]:
-    """Apply `rows_of(obj)` to every JSON line; a line that fails becomes a `Malformed`."""
-    return _per_item(path, json_lines(path), rows_of)
+def _per_line(path: Path, rows_of) -> Iterator[dict | Malformed | Skipped]:
+    """Apply `rows_of(obj, skipped)` to every JSON line; a line that fails becomes a `Malformed`."""
+    return per_item(path, json_lines(path), rows_of)
 
 
-def _per_item(path: Path, items, rows_of) -> Iterator[dict | Malformed]:
-    """Apply `rows_of(obj)` to every (line number, object or parse error); failures become `Malformed`."""
+def per_item(path: Path, items, rows_of) -> Iterator[dict | Malformed | Skipped]:
+    """Apply `rows_of(obj, skipped)` to every (line number, object or parse error); failures become
+    `Malformed`, and what the others skipped is totalled at the end (a failed record's skips are not:
+    it is counted once, as malformed)."""
+    skipped = tally()
     for number, obj in items:
+        mine = tally()
         try:
             if isinstance(obj, Exception):
                 raise obj
-            rows = rows_of(obj)
+            rows = rows_of(obj, mine)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
             continue
+        add_to(skipped, mine)
         yield from rows
+    yield from skipped_totals(skipped)
 
 
 def read_twarc2(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,
@@ -209,21 +312,23 @@ def read_twarc2(path: Path, collected_at=None, media_types=frozenset({"photo"}),
     This is the reference implementation; `ingest.fastpath.read_twarc2_fast` gives the same rows.
     """
     fallback = collected_at or file_time(path)
-    yield from _per_line(Path(path), lambda page: twarc2_page_rows(page, fallback, media_types, originals))
+    yield from _per_line(Path(path), lambda page, skipped: twarc2_page_rows(page, fallback, media_types, originals,
+                                                                            skipped))
 
 
-def flat_tweet_rows(tweet: dict, collected_at, media_types, originals: bool = True) -> list[dict]:
+def flat_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipped: dict[str, int]) -> list[dict]:
     """Rows of one twarc2-flattened tweet (`author`, `attachments.media`, `__twarc` inlined)."""
     if not isinstance(tweet, dict) or "id" not in tweet:
-        raise KeyError("id")
+        skipped["not_a_tweet"] += 1
+        return []
     when = parse_time((tweet.get("__twarc") or {}).get("retrieved_at")) or collected_at
     if "author_id" not in tweet and isinstance(tweet.get("author"), dict):
         tweet = {**tweet, "author_id": tweet["author"].get("id")}
-    rows = v2_tweet_rows(tweet, None, when, media_types)
+    rows = v2_tweet_rows(tweet, None, when, media_types, skipped)
     if originals:
         for ref in tweet.get("referenced_tweets") or []:
             if ref.get("type") == "retweeted" and "attachments" in ref:
-                rows += _quiet_rows(flat_tweet_rows, ref, when, media_types, False)
+                rows += original_rows(flat_tweet_rows, skipped, ref, when, media_types, False)
     return rows
 
 
@@ -231,7 +336,8 @@ def read_v2(path: Path, collected_at=None, media_types=frozenset({"photo"}), ori
             **_) -> Iterator[dict | Malformed]:
     """twarc2 flattened JSONL: one tweet per line with its expansions inlined."""
     fallback = collected_at or file_time(path)
-    yield from _per_line(Path(path), lambda tweet: flat_tweet_rows(tweet, fallback, media_types, originals))
+    yield from _per_line(Path(path), lambda tweet, skipped: flat_tweet_rows(tweet, fallback, media_types, originals,
+                                                                             skipped))
 
 
 # ---- API v1.1 ---------------------------------------------------------------------------
@@ -243,23 +349,34 @@ def v1_media(tweet: dict, media_types) -> list[dict]:
     return [m for m in media if m.get("type", "photo") in media_types]
 
 
-def v1_tweet_rows(tweet: dict, collected_at, media_types, originals: bool = True, user_id: str | None = None,
-                  local_media=None) -> list[dict]:
+def is_v1_tweet(record) -> bool:
+    """Whether a v1.1 record is a tweet: an id and a text (a user object, say, has no text)."""
+    return isinstance(record, dict) and ("id" in record or "id_str" in record) and (
+        "text" in record or "full_text" in record)
+
+
+def v1_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipped: dict[str, int],
+                  user_id: str | None = None, local_media=None) -> list[dict]:
     """Rows of one v1.1 tweet (or account-archive tweet: counts as strings, owner given).
 
     A retweet gives no rows of its own; its embedded original (`retweeted_status`) may.
     `local_media(tweet_id, media)` returns a local file URI for a photo where one exists.
     """
-    if not isinstance(tweet, dict):
-        raise TypeError(f"a tweet is a JSON object, not {type(tweet).__name__}")
+    if not is_v1_tweet(tweet):
+        skipped["not_a_tweet"] += 1
+        return []
     if "retweeted_status" in tweet:
-        original = tweet["retweeted_status"]
-        return _quiet_rows(v1_tweet_rows, original, collected_at, media_types, False) if originals else []
+        skipped["retweet"] += 1
+        if not originals:
+            return []
+        return original_rows(v1_tweet_rows, skipped, tweet["retweeted_status"], collected_at, media_types, False)
     text = tweet.get("full_text") or tweet.get("text") or ""
     if user_id is not None and text.startswith("RT @"):
+        skipped["retweet"] += 1
         return []  # the account archive marks retweets only by their text
     media = v1_media(tweet, media_types)
     if not media:
+        skipped["no_photo"] += 1
         return []
     tweet_id = str(tweet.get("id_str") or tweet["id"])
     entities = tweet.get("entities") or {}
@@ -284,7 +401,7 @@ def v1_tweet_rows(tweet: dict, collected_at, media_types, originals: bool = True
         key = m.get("media_key") or (f"{MEDIA_KEY_PREFIX.get(m.get('type', 'photo'), '3')}_{media_id}" if media_id else None)
         url = (local_media and local_media(tweet_id, m)) or m.get("media_url_https") or m.get("media_url")
         photos.append((key, url))
-    return photo_rows(base, photos)
+    return photo_rows(base, photos, skipped)
 
 
 def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[int, object]]:
@@ -295,7 +412,8 @@ def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[in
     array gives no safe point to resynchronise at.
     """
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8-sig") as f:
+    # Bytes that are not UTF-8 become lone surrogates, so the one record holding them is malformed.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         buf, line, eof = f.read(ARRAY_CHUNK), 1, False
         start = buf.find("[")
         if start < 0 or (not skip_prefix and buf[:start].strip()):
@@ -324,6 +442,11 @@ def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[in
                 eof = not more
                 buf, pos = buf[pos:] + more, 0
                 continue
+            # Scanned in place (no copy): a whole chunk is often ASCII, and escapes are rare.
+            if not buf.isascii() and NOT_UTF8_RE.search(buf, pos, end):
+                item = ValueError("bytes that are not UTF-8 text")
+            elif ESCAPE_RE.search(buf, pos, end) and lone_surrogate(buf[pos:end], item):
+                item = ValueError(LONE_SURROGATE)
             yield line, item
             line += buf.count("\n", pos, end)
             pos = end
@@ -341,15 +464,30 @@ def read_v1(path: Path, collected_at=None, media_types=frozenset({"photo"}), ori
     path = Path(path)
     when = collected_at or file_time(path)
 
-    def rows_of(obj) -> list[dict]:
+    def rows_of(obj, skipped: dict[str, int]) -> list[dict]:
         if isinstance(obj, dict) and isinstance(obj.get("statuses"), list):
-            return [r for t in obj["statuses"] for r in v1_tweet_rows(t, when, media_types, originals)]
+            obj = obj["statuses"]
         if isinstance(obj, list):
-            return [r for t in obj for r in v1_tweet_rows(t, when, media_types, originals)]
-        return v1_tweet_rows(obj, when, media_types, originals)
+            return [r for t in obj for r in v1_tweet_rows(t, when, media_types, originals, skipped)]
+        return v1_tweet_rows(obj, when, media_types, originals, skipped)
 
     items = json_array_items(path) if is_json_array(path) else json_lines(path)
-    yield from _per_item(path, items, rows_of)
+    yield from per_item(path, items, rows_of)
+
+
+def first_record(lines, tries: int = DETECT_LINES):
+    """The first line among the first `tries` non-empty ones that parses as JSON (a bad first line
+    is one malformed record, which the reader counts, not a file of unknown format), or None."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            return json.loads(line)
+        except ValueError:
+            tries -= 1
+            if not tries:
+                return None
+    return None
 
 
 def detect_format(path: Path) -> str:
@@ -367,7 +505,7 @@ def detect_format(path: Path) -> str:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
             f.seek(0)
-            first = next((line for line in f if line.strip()), b"")
+            obj = first_record(iter(lambda: f.readline(MAX_RECORD_CHARS), b""))
     except OSError as exc:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from exc
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -375,10 +513,6 @@ def detect_format(path: Path) -> str:
         return "account"
     if stripped.startswith(b"["):
         return "v1"  # v1.1 timelines and exports are JSON arrays; v2 pages never are
-    try:
-        obj = json.loads(first)
-    except ValueError:
-        obj = None
     if isinstance(obj, dict):
         if "data" in obj:
             return "twarc2"

@@ -12,19 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from ingest.reader import (
     Counted,
     FormatError,
+    NOT_UTF8_RE,
     Malformed,
+    add_to,
     caption_words,
     file_time,
     is_naive,
     parse_time,
     photo_rows,
+    skipped_totals,
     tags_in,
+    tally,
 )
 
 REQUIRED = ("tweet_id", "user_id", "created_at", "url")
@@ -65,8 +68,17 @@ def _header(path: Path) -> list[str]:
             return pq.ParquetFile(path).schema_arrow.names
         except (pa.ArrowInvalid, OSError) as exc:
             raise FormatError(f"{path}: not a readable Parquet file ({exc})") from exc
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return next(csv.reader(f, delimiter=_delimiter(path)), [])
+    with _open_csv(path) as f:
+        try:
+            return next(csv.reader(f, delimiter=_delimiter(path)), [])
+        except csv.Error as exc:
+            raise FormatError(f"{path}: not a readable table ({exc})") from exc
+
+
+def _open_csv(path: Path):
+    """A CSV file as text; bytes that are not UTF-8 become lone surrogates, so the row holding
+    them is found and counted as malformed instead of the decoder refusing the whole file."""
+    return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
 
 
 def _delimiter(path: Path) -> str:
@@ -90,18 +102,40 @@ def resolve_columns(path: Path, columns: dict[str, str] | None, constants: dict 
     return found
 
 
-def batches(path: Path, columns: list[str]) -> Iterator[list[dict]]:
-    """Rows of the table as dicts of the given columns, a batch at a time (all as read)."""
+def records(path: Path, columns: list[str]) -> Iterator[tuple[int, dict | str]]:
+    """(line, record as {column: value}) of every row of the table, or (line, why the row is
+    malformed). A CSV row's line is the physical line it starts on (a quoted field may span
+    lines); a Parquet row's is its position, from 1."""
     if path.suffix.lower() in (".parquet", ".pq"):
+        number = 1
         for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield batch.to_pylist()
+            for record in batch.to_pylist():
+                yield number, record
+                number += 1
         return
-    reader = pcsv.open_csv(
-        path, parse_options=pcsv.ParseOptions(delimiter=_delimiter(path), newlines_in_values=True),
-        convert_options=pcsv.ConvertOptions(include_columns=columns,
-                                            column_types={c: pa.string() for c in columns}))
-    for batch in reader:
-        yield batch.to_pylist()
+    with _open_csv(path) as f:
+        rows = csv.reader(f, delimiter=_delimiter(path))
+        header = next(rows, [])
+        where = {c: header.index(c) for c in columns}
+        while True:
+            start = rows.line_num + 1
+            try:
+                cells = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field past csv's size limit; the reader goes on after it
+                yield start, f"csv: {exc}"
+                continue
+            if not cells:
+                continue  # a blank line
+            if len(cells) != len(header):
+                yield start, f"{len(cells)} fields where the header has {len(header)}"
+                continue
+            record = {c: cells[i] for c, i in where.items()}
+            if any(NOT_UTF8_RE.search(v) for v in record.values() if not v.isascii()):
+                yield start, "bytes that are not UTF-8 text"
+                continue
+            yield start, record
 
 
 def _int(value) -> int | None:
@@ -121,15 +155,18 @@ def _truthy(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "t", "y")
 
 
-def table_row(record: dict, fields: dict[str, str], collected_at, constants: dict | None = None) -> list[dict]:
+def table_row(record: dict, fields: dict[str, str], collected_at, constants: dict | None,
+              skipped: dict[str, int]) -> list[dict]:
     """Rows of one table record (one tweet)."""
     get = {**{f: record.get(c) for f, c in fields.items()}, **(constants or {})}
     text = get.get("text") or ""
     if text.startswith("RT @") or _truthy(get.get("is_retweet")):
+        skipped["retweet"] += 1
         return []
     urls = get["url"] if isinstance(get["url"], list) else SPLIT_RE.split(get["url"] or "")
     urls = [u for u in urls if u]
     if not urls:
+        skipped["no_url"] += 1
         return []
     if not get["tweet_id"] or not get["user_id"]:
         raise ValueError("empty tweet_id or user_id")
@@ -148,7 +185,7 @@ def table_row(record: dict, fields: dict[str, str], collected_at, constants: dic
         "replies": _int(get.get("replies")), "quotes": _int(get.get("quotes")),
     }
     keys = list(keys or [])
-    return photo_rows(base, [(keys[i] if i < len(keys) else None, u) for i, u in enumerate(urls)])
+    return photo_rows(base, [(keys[i] if i < len(keys) else None, u) for i, u in enumerate(urls)], skipped)
 
 
 def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo"}), columns=None,
@@ -159,23 +196,29 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
     path = Path(path)
     fields = resolve_columns(path, columns, constants)
     when = collected_at or file_time(path)
-    first = 2 if path.suffix.lower() in (".csv", ".tsv") else 1  # CSV data starts below its header
-    number, naive, from_file = first, 0, 0
+    naive, naive_collected, from_file, skipped = 0, 0, 0, tally()
     try:
-        for batch in batches(path, sorted(set(fields.values()))):
-            for record in batch:
-                try:
-                    rows = table_row(record, fields, when, constants)
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    rows = [Malformed(str(path), number, f"{type(exc).__name__}: {exc}")]
-                else:
-                    naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
-                    from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
-                yield from rows
-                number += 1
+        for number, record in records(path, sorted(set(fields.values()))):
+            if isinstance(record, str):
+                yield Malformed(str(path), number, record)
+                continue
+            mine = tally()
+            try:
+                rows = table_row(record, fields, when, constants, mine)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+                continue
+            add_to(skipped, mine)
+            naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
+            naive_collected += bool(rows) and is_naive(record.get(fields.get("collected_at")))
+            from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
+            yield from rows
     except (pa.ArrowInvalid, OSError) as exc:
         raise FormatError(f"{path}: not a readable table ({exc})") from exc
+    yield from skipped_totals(skipped)
     if naive:
         yield Counted("created_at_without_zone_read_as_utc", naive)
+    if naive_collected:
+        yield Counted("collected_at_without_zone_read_as_utc", naive_collected)
     if from_file:
         yield Counted("collected_at_from_file_time", from_file)

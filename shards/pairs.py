@@ -8,8 +8,8 @@ as whole-array numpy work, so it scales to tens of millions of rows on a laptop:
   by one `searchsorted`, the pairs of a block of rows expanded with `np.repeat` and filtered;
 - hashtag rules use per-row tag ids (a CSR of sorted, distinct ids), a 64-bit signature per row as
   a quick reject and an exact membership test by `searchsorted` on (row, tag) keys;
-- draws (the retweet-rule share, one pair per image, the per-user cap, splits) come from a
-  seeded 64-bit hash of the keys, so the output depends on the data and the seed only;
+- draws (one pair per image, the per-user cap, splits, which pairs carry the retweet rule) come
+  from a seeded 64-bit hash of the keys, so the output depends on the data and the seed only;
 - a photo is named by its media key (else URL, else row key), compared by a 64-bit hash of that
   name: two pairs never show the same photo on both sides, and a photo never crosses splits.
 """
@@ -102,21 +102,31 @@ def pair_hash(rows: Rows, hi: np.ndarray, lo: np.ndarray, seed: int) -> np.ndarr
     return combine_hashes(key_hash[hi], key_hash[lo])
 
 
-def retweet_draw(h: np.ndarray, share: float) -> np.ndarray:
-    """Whether each pair is drawn into the retweet rule's share: its hash quantile < share."""
-    return unit_interval(_mix64(h ^ np.uint64(0x5EED))) < share
-
-
-def apply_retweet_rule(rows: Rows, hi, lo, h, config: PairsConfig):
-    """The twitter preset's extra rule on a seeded share of the pairs, drawn from each pair's hash.
-
-    A pair drawn into the share (hash quantile < extra_share) is kept only if its retweet counts
-    differ and one tweet has more than `extra_min_retweets` retweets; its rule is `retweets`.
-    """
-    drawn = retweet_draw(h, config.extra_share)
+def passes_retweet_rule(rows: Rows, hi, lo, config: PairsConfig) -> np.ndarray:
+    """The twitter preset's extra rule: retweet counts differ and one has more than `extra_min_retweets`."""
     rt_hi, rt_lo = rows.retweets[hi], rows.retweets[lo]
-    passes = (rt_hi != rt_lo) & (np.maximum(rt_hi, rt_lo) > config.extra_min_retweets)
-    return ~drawn | passes, drawn
+    return (rt_hi != rt_lo) & (np.maximum(rt_hi, rt_lo) > config.extra_min_retweets)
+
+
+def retweet_share(rows: Rows, hi, lo, h, config: PairsConfig) -> tuple[np.ndarray, dict]:
+    """Which output pairs carry the retweet rule (`retweets`; the others are `base`) and how close
+    that came to the share asked.
+
+    The seed adds the rule "for about 1/3rd of the PDIPs generated": `extra_share` of the output
+    pairs carry it. They are drawn in seeded hash order among the output pairs that pass it; when
+    fewer pass than the share needs, all of them carry it and the shortfall is reported. Labels
+    never remove a pair, so the pair set is the same at every share (a pair a label leaves `base`
+    may pass the rule too: it was just not held to it).
+    """
+    passing = np.flatnonzero(passes_retweet_rule(rows, hi, lo, config))
+    wanted = int(np.floor(config.extra_share * len(hi) + 0.5))  # rounded half up, as a share of pairs
+    drawn = passing[np.argsort(_mix64(h[passing] ^ np.uint64(0x5EED)), kind="stable")[:wanted]]
+    carries = np.zeros(len(hi), bool)
+    carries[drawn] = True
+    return carries, {"share_asked": config.extra_share,
+                     "share_reached": float(len(drawn) / len(hi)) if len(hi) else 0.0,
+                     "pairs_asked": wanted, "pairs_carrying": int(len(drawn)),
+                     "pairs_passing": int(len(passing)), "shortfall": max(0, wanted - int(len(passing)))}
 
 
 # ---------------------------------------------------------------- selection and splits
@@ -209,15 +219,14 @@ def build_pairs(config: PairsConfig) -> dict:
     with progress(total=len(rows.order), desc="pairs", unit="row") as bar:
         hi, lo = candidate_pairs(rows, config, bar)
     h = pair_hash(rows, hi, lo, config.seed)
-    keep, drawn = apply_retweet_rule(rows, hi, lo, h, config)
-    candidates = {"rules": int(len(hi)), "retweet_rule_drawn": int(drawn.sum()),
-                  "retweet_rule_failed": int((~keep).sum())}
-    hi, lo, h, drawn = hi[keep], lo[keep], h[keep], drawn[keep]
+    candidates = {"rules": int(len(hi))}
     chosen = select(rows, hi, lo, h, config)
-    hi, lo, rule = hi[chosen], lo[chosen], np.where(drawn[chosen], "retweets", "base")
+    hi, lo, h = hi[chosen], lo[chosen], h[chosen]
     split = assign_splits(rows, hi, lo, config)
     keep = drop_shared_photos(rows, hi, lo, split)
-    hi, lo, rule, split = hi[keep], lo[keep], rule[keep], split[keep]
+    hi, lo, h, split = hi[keep], lo[keep], h[keep], split[keep]
+    carries, share = retweet_share(rows, hi, lo, h, config)
+    rule = np.where(carries, "retweets", "base")
     prob = thurstone_prob(rows.score[hi] - rows.score[lo], config.sigma)
     days = np.abs(rows.time[hi] - rows.time[lo]) / DAY_US
     out = Path(config.out)
@@ -227,7 +236,7 @@ def build_pairs(config: PairsConfig) -> dict:
                     out / f"{name}.parquet", "pairs")
     stats = {"rows": int(len(rows.mask)), "usable_rows": int(len(rows.order)), "skipped_rows": rows.skipped,
              "candidates": {**candidates, "selected": int(len(chosen))},
-             "dropped_shared_photo": int((~keep).sum()), "pairs": int(len(hi)),
+             "dropped_shared_photo": int((~keep).sum()), "pairs": int(len(hi)), "retweet_rule": share,
              **table1(rows, hi, lo, rule, split, prob, days, SPLITS)}
     write_json(stats, out / "stats.json")
     write_json({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}, out / "config.json")

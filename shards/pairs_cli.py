@@ -35,7 +35,8 @@ def pairs_parser(prog: str) -> Parser:
     p.add_argument("--max-days", type=float, help="posted at most this many days apart (default 10)")
     p.add_argument("--max-caption-diff", type=int, help="twitter: caption lengths differ by at most this")
     p.add_argument("--min-common-hashtags", type=int, help="twitter: hashtags in common")
-    p.add_argument("--extra-share", type=float, help="twitter: share of pairs under the retweet rule")
+    p.add_argument("--extra-share", type=float, help="twitter: share of the output pairs that carry the retweet rule "
+                                                      "(default 1/3; all that pass it if fewer do)")
     p.add_argument("--extra-min-retweets", type=int, help="twitter retweet rule: one tweet above this")
     p.add_argument("--max-caption-words", type=int, help="ding: at most this many caption words")
     p.add_argument("--min-likes", type=int, help="ding: at least this many likes")

@@ -37,7 +37,8 @@ class PairsConfig:
     min_common_hashtags: int = 1
     """twitter: hashtags in common."""
     extra_share: float = 1 / 3
-    """twitter: share of candidate pairs drawn (by pair hash) to also pass the retweet rule."""
+    """twitter: share of the output pairs that carry the retweet rule (drawn by pair hash among
+    those that pass it; if too few pass, all of them, and stats.json says by how much it fell short)."""
     extra_min_retweets: int = 20
     """twitter retweet rule: counts differ and one tweet has more than this."""
     identical_tags: bool = False

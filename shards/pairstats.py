@@ -57,9 +57,13 @@ def summary(stats: dict) -> str:
         lines.append(f"{name:<14}" + "".join(f"{row[key]:>11{fmt}}" for key, _, fmt in COLUMNS))
     skipped = ", ".join(f"{k} {v}" for k, v in stats["skipped_rows"].items() if v) or "none"
     lines.append(f"rows {stats['rows']}, usable {stats['usable_rows']} (skipped: {skipped}); candidates "
-                 f"{stats['candidates']['rules']}, failed the drawn retweet rule "
-                 f"{stats['candidates']['retweet_rule_failed']}, selected {stats['candidates']['selected']}, "
+                 f"{stats['candidates']['rules']}, selected {stats['candidates']['selected']}, "
                  f"dropped for a photo in an earlier split {stats['dropped_shared_photo']}")
+    share = stats["retweet_rule"]
+    short = (f", short by {share['shortfall']} pairs: only {share['pairs_passing']} pass it"
+             if share["shortfall"] else "")
+    lines.append(f"retweet rule: carried by {share['pairs_carrying']} pairs, a share of {share['share_reached']:.4f} "
+                 f"for {share['share_asked']:.4f} asked{short}")
     return "\n".join(lines)
 
 

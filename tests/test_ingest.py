@@ -5,7 +5,7 @@ import pyarrow.compute as pc
 import pytest
 
 from ingest.archive import ArchiveConfig, ingest_archive
-from ingest.reader import FormatError, caption_words, read_twarc2
+from ingest.reader import FormatError, Skipped, caption_words, read_twarc2, tags_in
 from ingest.synthetic import SyntheticConfig, generate
 from shards.schema import read_table
 
@@ -20,6 +20,40 @@ def synthetic(tmp_path_factory):
 def test_caption_words_drop_urls_tags_and_mentions():
     text = "@Bob What a VIEW today! #Sunset https://t.co/abc it's #nature"
     assert caption_words(text) == ["what", "a", "view", "today", "it's"]
+
+
+@pytest.mark.parametrize("text, words, tags, mentions", [
+    ("look https://t.co/abc?x=1,#not,@me here", ["look", "here"], [], []),  # a URL runs to the next whitespace
+    ("http://x.com/#frag #tag.", [], ["tag"], []),
+    ("#Dog's day", ["s", "day"], ["dog"], []),  # a tag takes word characters only
+    ("#a-b #13 #日本 ＃Full", ["b"], ["a", "13", "日本", "full"], []),
+    ("x#y #dog #dog", ["x"], ["y", "dog", "dog"], []),  # a # inside a word counts; repeats stay
+    ("mail me@example.com @Bob_1 ＠Ken", ["mail", "me", "com"], [], ["example", "bob_1", "ken"]),
+    ("he's don't don’t rock'n'roll", ["he's", "don't", "don", "t", "rock'n", "roll"], [], []),
+    ("13/10 would pet, well-known snake_case", ["13", "10", "would", "pet", "well", "known", "snake_case"], [], []),
+    ("Fish &amp; chips 😀 ÉCOLE", ["fish", "amp", "chips", "école"], [], []),  # HTML escapes as sent; no emoji
+])
+def test_hashtags_mentions_and_caption_words_from_text(text, words, tags, mentions):
+    """The README's rules, one example each (`tags_in` is what a table without tag columns uses)."""
+    assert caption_words(text) == words
+    assert tags_in(text) == (tags, mentions)
+
+
+def test_table_tag_columns_win_over_the_text(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("tweet_id,user_id,created_at,text,likes,url,hashtags,mentions\n"
+                     "1,u,2026-01-01T00:00:00Z,#ignored @nobody hi,5,https://x/1.jpg,#Cats|dogs ＃Birds,@Ann\n"
+                     "2,u,2026-01-01T00:00:00Z,#Kept @Here hi,5,https://x/2.jpg,,\n")
+    summary = ingest_archive(ArchiveConfig([table], tmp_path / "i.parquet", columns={"hashtags": "hashtags"}))
+    rows = {r["tweet_id"]: r for r in read_table(tmp_path / "i.parquet", "images").to_pylist()}
+    assert summary["images"] == 2
+    assert (rows["1"]["hashtags"], rows["1"]["mentions"]) == (["cats", "dogs", "birds"], ["ann"])
+    assert (rows["2"]["hashtags"], rows["2"]["mentions"]) == ([], [])  # an empty cell is no tags
+    assert rows["1"]["caption_words"] == ["hi"]
+    table.write_text("tweet_id,user_id,created_at,text,likes,url\n1,u,2026-01-01T00:00:00Z,#Kept @Here hi,5,x.jpg\n")
+    ingest_archive(ArchiveConfig([table], tmp_path / "j.parquet"))
+    row = read_table(tmp_path / "j.parquet", "images").to_pylist()[0]
+    assert (row["hashtags"], row["mentions"], row["caption_words"]) == (["kept"], ["here"], ["hi"])
 
 
 def test_synthetic_archive_becomes_one_row_per_photo(synthetic, tmp_path):
@@ -71,11 +105,12 @@ def test_real_v2_search_page(realdata, tmp_path):
     page = json.loads((realdata / "python-twitter-v2" / "apis__searches__search_tweets_query.json").read_text())
     path = tmp_path / "search.jsonl"
     path.write_text(json.dumps(page) + "\n")
-    assert list(read_twarc2(path)) == []  # media keys with no media object: nothing to fetch
+    # media keys with no media object: nothing to fetch, and said so
+    assert list(read_twarc2(path)) == [Skipped("media_not_included", 2), Skipped("no_photo", 2)]
     page["includes"]["media"] = [{"media_key": k, "type": "photo", "url": f"https://pbs.twimg.com/media/{k}.jpg"}
                                  for t in page["data"] for k in (t.get("attachments") or {}).get("media_keys", [])]
     path.write_text(json.dumps(page) + "\n")
-    rows = list(read_twarc2(path, datetime(2020, 7, 1, tzinfo=timezone.utc)))
+    rows = [r for r in read_twarc2(path, datetime(2020, 7, 1, tzinfo=timezone.utc)) if isinstance(r, dict)]
     assert [(r["tweet_id"], r["user_id"]) for r in rows] == [
         ("1276035977375477760", "63046977"), ("1275763727908798470", "196883832")]
     assert rows[0]["created_at"] == datetime(2020, 6, 25, 6, 14, 19, tzinfo=timezone.utc)
@@ -91,9 +126,11 @@ def test_retweets_are_dropped(realdata, tmp_path):
     page["includes"] = {"media": [{"media_key": "3_1", "type": "photo", "url": "https://pbs.twimg.com/media/x.jpg"}]}
     path = tmp_path / "nyc.jsonl"
     path.write_text(json.dumps(page) + "\n")
-    kept = {r["tweet_id"] for r in read_twarc2(path)}
+    items = list(read_twarc2(path))
+    kept = {r["tweet_id"] for r in items if isinstance(r, dict)}
     originals = {t["id"] for t in page["data"] if "retweeted" not in {r["type"] for r in t.get("referenced_tweets", [])}}
     assert kept == originals and len(originals) == 3
+    assert [i for i in items if isinstance(i, Skipped)] == [Skipped("retweet", len(page["data"]) - 3)]
 
 
 def test_unknown_format_is_a_clear_error(tmp_path):
@@ -101,3 +138,16 @@ def test_unknown_format_is_a_clear_error(tmp_path):
     path.write_text("just text\n")
     with pytest.raises(FormatError, match="unrecognised"):
         ingest_archive(ArchiveConfig([path], tmp_path / "o.parquet"))
+
+
+def test_api_sources_take_tags_from_entities_not_the_text(realdata, tmp_path):
+    page = json.loads((realdata / "python-twitter-v2" / "apis__searches__search_tweets_query.json").read_text())
+    tweet = next(t for t in page["data"] if t.get("attachments"))
+    tweet["text"] += " #InText"
+    tweet.setdefault("entities", {})["hashtags"] = [{"start": 0, "end": 4, "tag": "FromX"}, {"tag": "FromX"}]
+    page["includes"]["media"] = [{"media_key": k, "type": "photo", "url": f"https://pbs.twimg.com/media/{k}.jpg"}
+                                 for k in tweet["attachments"]["media_keys"]]
+    path = tmp_path / "page.jsonl"
+    path.write_text(json.dumps(page) + "\n")
+    row = next(r for r in read_twarc2(path) if isinstance(r, dict) and r["tweet_id"] == tweet["id"])
+    assert row["hashtags"] == ["fromx", "fromx"] and "intext" not in row["caption_words"]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from ingest import archive
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.fastpath import caption_words_arrow, read_twarc2_fast
-from ingest.reader import FormatError, caption_words, detect_format, read_twarc2
+from ingest.reader import FormatError, Malformed, Skipped, caption_words, detect_format, read_twarc2
 from ingest.synthetic import SyntheticConfig, generate
 from ingest.table import parse_columns
 from shards.schema import read_table
@@ -45,6 +45,11 @@ def cassette_bodies(path) -> list:
             body = body.decode()
         bodies.append(json.loads(body))
     return bodies
+
+
+def skips_of(items) -> dict:
+    """A reader's `Skipped` totals as {reason: count}."""
+    return {i.reason: i.count for i in items if isinstance(i, Skipped)}
 
 
 def rows_of(tmp_path, name, *paths, **kw):
@@ -236,15 +241,18 @@ def test_twarc2_fast_path_equals_reference(tmp_path, v2_page):
     mixed.write_text("\n".join(lines[:1] + ["{oops", json.dumps(v2_page), ""] + lines[1:] + [json.dumps(
         {"meta": {"result_count": 0}})]) + "\n")
     reference = [r for r in read_twarc2(mixed) if isinstance(r, dict)]
-    bad_ref = [(m.line, m.reason) for m in read_twarc2(mixed) if not isinstance(m, dict)]
+    bad_ref = [(m.line, m.reason) for m in read_twarc2(mixed) if isinstance(m, Malformed)]
+    skipped_ref = skips_of(read_twarc2(mixed))
+    assert skipped_ref == {"no_photo": 2}  # the real page's two replies without attachments
     for block in (300, 40_000, 1 << 20):
         items = list(read_twarc2_fast(mixed, block_bytes=block))
         tables = [i for i in items if isinstance(i, pa.Table)]
         assert bool(tables) == (block < 1 << 20)  # one block holding the bad line goes line by line
         fast = [r for t in tables for r in t.to_pylist()] + [i for i in items if isinstance(i, dict)]
         assert sorted(fast, key=lambda r: r["key"]) == sorted(reference, key=lambda r: r["key"])
-        assert [(m.line, m.reason) for m in items if hasattr(m, "line")] == bad_ref == [
+        assert [(m.line, m.reason) for m in items if isinstance(m, Malformed)] == bad_ref == [
             (2, "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")]
+        assert skips_of(items) == skipped_ref
 
 
 def test_fast_path_finds_media_in_the_tweets_own_page_only(tmp_path):
@@ -265,13 +273,15 @@ def test_fast_path_finds_media_in_the_tweets_own_page_only(tmp_path):
              {"data": [tweet(4, ["3_4"])], "includes": {"media": [medium("3_4"), medium("3_4")]}, "__twarc": when}]
     path = tmp_path / "pages.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pages))
-    reference = sorted((r["key"], r["media_key"]) for r in read_twarc2(path))
+    reference = sorted((r["key"], r["media_key"]) for r in read_twarc2(path) if isinstance(r, dict))
+    assert skips_of(read_twarc2(path)) == {"media_not_included": 1}  # tweet 2: its 3_9 is on page 2
     for block in (10, 1 << 20):  # a page a block, then all pages in one (sent line by line for the repeated key)
         items = list(read_twarc2_fast(path, block_bytes=block))
         tables = [t for t in items if isinstance(t, pa.Table)]
         assert bool(tables) == (block == 10)
         fast = [r for t in tables for r in t.to_pylist()] + [i for i in items if isinstance(i, dict)]
         assert sorted((r["key"], r["media_key"]) for r in fast) == reference
+        assert skips_of(items) == {"media_not_included": 1}
     assert reference == [("1_0", "3_1"), ("1_1", "3_2"), ("3_0", "3_3"), ("4_0", "3_4")]
 
 
@@ -331,3 +341,137 @@ def test_table_constants_missing_counts_and_file_time_are_said(tmp_path):
     csv_file.write_text("tweet_id,created_at,url\n1,2020-01-01,https://x/a.jpg\n")
     with pytest.raises(FormatError, match="no count column"):
         ingest_archive(ArchiveConfig([csv_file], tmp_path / "j.parquet", constants={"user_id": "dog_rates"}))
+
+
+def test_cli_table_without_counts_is_one_line_and_naive_collected_at_counted(tmp_path):
+    csv_file = tmp_path / "dog_rates.csv"
+    csv_file.write_text("tweet_id,created_at,url,text\n1,2020-01-01,https://x/a.jpg,good dog\n")
+    result = run_iipa("ingest", "archive", str(csv_file), "--set", "user_id=dog_rates", "--out",
+                      str(tmp_path / "i.parquet"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "no count column" in lines[0] and "'retweets'" in lines[0] and "'likes'" in lines[0]
+    assert not (tmp_path / "i.parquet").exists()
+    csv_file.write_text("tweet_id,created_at,url,favs,seen\n1,2020-01-01T10:00:00Z,https://x/a.jpg,5,2020-02-01 08:00\n")
+    result = run_iipa("ingest", "archive", str(csv_file), "--set", "user_id=dog_rates", "--columns",
+                      "likes=favs,collected_at=seen", "--out", str(tmp_path / "i.parquet"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["counted"] == {"collected_at_without_zone_read_as_utc": 1}
+    row = read_table(tmp_path / "i.parquet", "images").to_pylist()[0]
+    assert (row["user_id"], row["likes"], row["collected_at"]) == ("dog_rates", 5, datetime(2020, 2, 1, 8, tzinfo=UTC))
+
+
+def test_nothing_dropped_uncounted_v1(twitter_timeline, tmp_path):
+    """A retweet whose original lacks a user, a user object in a v1.1 file, one photo URL twice in
+    a tweet: each counted by reason in the summary and on the terminal; a file of no tweet says so."""
+    import copy
+
+    photo_tweets = photo_originals(twitter_timeline)
+    plain = [t for t in twitter_timeline if "retweeted_status" not in t and "extended_entities" not in t]
+    kept, twice = copy.deepcopy(photo_tweets[0]), copy.deepcopy(photo_tweets[1])
+    assert len(twice["extended_entities"]["media"]) == 1
+    medium = twice["extended_entities"]["media"][0]
+    twice["extended_entities"]["media"].append({**medium, "id_str": medium["id_str"] + "9"})  # same URL again
+    orphan = copy.deepcopy(photo_tweets[2])
+    del orphan["user"]
+    retweet = {**copy.deepcopy(plain[0]), "id_str": "1", "retweeted_status": orphan}
+    records = [kept, twice, retweet, twitter_timeline[0]["user"], plain[1]]
+    tweets, users = tmp_path / "timeline.jsonl", tmp_path / "users.jsonl"
+    tweets.write_text("".join(json.dumps(r) + "\n" for r in records))
+    users.write_text(json.dumps(twitter_timeline[0]["user"]) + "\n")
+    out = tmp_path / "images.parquet"
+    result = run_iipa("ingest", "archive", str(tweets), str(users), "--format", "v1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    expected = {"retweet": 1, "original_incomplete": 1, "not_a_tweet": 2, "duplicate_url": 1, "no_photo": 1}
+    summary = json.loads((tmp_path / "images.summary.json").read_text())
+    assert summary["skipped"] == expected and summary["malformed"] == 0
+    assert [f["skipped"] for f in summary["files"]] == [{**expected, "not_a_tweet": 1}, {"not_a_tweet": 1}]
+    rows = read_table(out, "images").to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(
+        [f"{kept['id_str']}_{i}" for i in range(len(kept["extended_entities"]["media"]))] + [f"{twice['id_str']}_0"])
+    assert next(r for r in rows if r["tweet_id"] == twice["id_str"])["media_count"] == 1
+    assert f"{users}: no photo tweet in this file (1 not a tweet)" in result.stderr
+    assert ("skipped: 1 duplicate url, 1 no photo, 2 not a tweet, 1 original incomplete, 1 retweet"
+            in result.stderr), result.stderr
+
+
+def test_twarc2_retweet_whose_original_lacks_its_author_is_counted(realdata, tmp_path):
+    page = json.loads((realdata / V2 / "apis__searches__search_tweets_for_nyc.json").read_text())
+    retweets = [t for t in page["data"] if "retweeted" in {r["type"] for r in t.get("referenced_tweets", [])}]
+    template = next(t for t in page["data"] if not t.get("referenced_tweets"))
+    original = lambda rt, **kw: {**template, "id": next(r["id"] for r in rt["referenced_tweets"]
+                                                        if r["type"] == "retweeted"),
+                                 "attachments": {"media_keys": ["3_1"]}, **kw}
+    complete, orphan = original(retweets[0]), original(retweets[1])
+    del orphan["author_id"]
+    page["includes"] = {"tweets": [complete, orphan],
+                        "media": [{"media_key": "3_1", "type": "photo", "url": "https://pbs.twimg.com/media/x.jpg"}]}
+    path = tmp_path / "nyc.jsonl"
+    path.write_text(json.dumps(page) + "\n")
+    for read in (read_twarc2, read_twarc2_fast):
+        items = list(read(path))
+        assert [r["tweet_id"] for r in items if isinstance(r, dict)] == [complete["id"]]
+        assert skips_of(items) == {"retweet": len(retweets), "original_incomplete": 1,
+                                   "no_photo": len(page["data"]) - len(retweets)}
+
+
+def test_bad_table_rows_are_malformed_at_their_physical_lines_and_the_rest_is_read(tmp_path):
+    """A short row, a byte that is not UTF-8, an empty url and a negative count each lose their
+    own row only, counted with the line it starts on (a quoted caption spans three lines)."""
+    header = b"tweet_id,user_id,created_at,text,retweets,likes,url\n"
+    lines = [b'1,u,2026-01-01T00:00:00Z,"a caption\nover three\nlines #dog",30,100,https://x/1.jpg\n',  # lines 2-4
+             b"2,u,2026-01-02T00:00:00Z,short row,5\n",  # line 5
+             b"3,u,2026-01-03T00:00:00Z,caf\xe9 #dog,40,10,https://x/3.jpg\n",  # line 6: Latin-1, not UTF-8
+             b"4,u,2026-01-04T00:00:00Z,no photo,1,1,\n",  # line 7
+             b"5,u,2026-01-05T00:00:00Z,negative #dog,-3,20,https://x/5.jpg\n",  # line 8
+             b"6,u,2026-01-06T00:00:00Z,the last #dog,0,2,https://x/6.jpg\n"]  # line 9
+    table = tmp_path / "export.csv"
+    table.write_bytes(header + b"".join(lines))
+    out = tmp_path / "images.parquet"
+    result = run_iipa("ingest", "archive", str(table), "--out", str(out), "--collected-at", "2026-02-01T00:00:00Z")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["malformed_lines"] == [f"{table}:5", f"{table}:6"]
+    assert summary["skipped"] == {"no_url": 1, "negative_count": 1}
+    rows = {r["tweet_id"]: r for r in read_table(out, "images").to_pylist()}
+    assert sorted(rows) == ["1", "6"] and rows["1"]["text"] == "a caption\nover three\nlines #dog"
+    assert "5 fields where the header has 7" in result.stderr and "not UTF-8" in result.stderr
+    pairs = run_iipa("pairs", "build", "--images", str(out), "--out", str(tmp_path / "pairs"))
+    assert pairs.returncode == 0, pairs.stderr  # no negative count reached it
+
+
+def test_auto_format_reads_past_a_bad_first_line(tmp_path):
+    out = tmp_path / "syn"
+    generate(SyntheticConfig(out, users=2, tweets_per_user=3, image_size=16, seed=1))
+    archive = tmp_path / "archive.jsonl"
+    archive.write_text("{not json\n" + (out / "archive.jsonl").read_text())
+    assert detect_format(archive) == "twarc2"
+    summary, rows = rows_of(tmp_path, "auto", archive)
+    assert summary["malformed_lines"] == [f"{archive}:1"] and len(rows) == 6
+    archive.write_text("{not json\n" * 25)
+    with pytest.raises(FormatError, match="unrecognised"):
+        detect_format(archive)
+
+
+def test_bytes_and_escapes_no_text_can_hold_are_one_malformed_record(twitter_timeline, v2_page, tmp_path):
+    """A byte that is not UTF-8 inside a v1.1 JSON array, and a lone-surrogate escape (valid JSON,
+    no character) in JSONL and in twarc2 pages: that record is malformed, the rest are read."""
+    tweets = photo_originals(twitter_timeline)[:3]
+    lines = [json.dumps(t).encode() for t in tweets]
+    bad_byte = lines[1].replace(b'"text": "', b'"text": "caf\xe9 ', 1)
+    array = tmp_path / "timeline.json"
+    array.write_bytes(b"[\n" + b",\n".join([lines[0], bad_byte, lines[2]]) + b"\n]\n")
+    escaped = lines[1].replace(b'"text": "', b'"text": "\\udc80 ', 1)
+    jsonl = tmp_path / "timeline.jsonl"
+    jsonl.write_bytes(b"\n".join([lines[0], escaped, lines[2]]) + b"\n")
+    emoji = lines[2].replace(b'"text": "', b'"text": "\\ud83d\\ude00 ', 1)  # an escaped pair is text
+    jsonl2 = tmp_path / "emoji.jsonl"
+    jsonl2.write_bytes(emoji + b"\n")
+    page = json.dumps(v2_page)
+    pages = tmp_path / "pages.jsonl"
+    pages.write_text(page.replace('"text": "', '"text": "\\udc80 ', 1) + "\n" + page + "\n")
+    for path, bad_line, kept in ((array, 3, 2), (jsonl, 2, 2), (jsonl2, None, 1), (pages, 1, 2)):
+        summary, rows = rows_of(tmp_path, path.stem, path, collected_at="2021-01-01T00:00:00Z")
+        assert summary["malformed_lines"] == ([f"{path}:{bad_line}"] if bad_line else []), path
+        assert len({r["tweet_id"] for r in rows.values()}) == kept, path
+    assert next(iter(rows_of(tmp_path, "e", jsonl2)[1].values()))["text"].startswith("😀 ")

@@ -1,6 +1,7 @@
 import itertools
 import math
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -9,12 +10,13 @@ import pytest
 
 from shards.console import UserError
 from shards.pairs import PairsConfig, build_pairs
+from shards.pairstats import summary
 from shards.schema import read_table, write_table
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def random_images(seed: int, users=4, per_user=12) -> pa.Table:
+def random_images(seed: int, users=4, per_user=12, retweets=5) -> pa.Table:
     rng = np.random.default_rng(seed)
     rows = []
     for u in range(users):
@@ -26,7 +28,7 @@ def random_images(seed: int, users=4, per_user=12) -> pa.Table:
                 "collected_at": T0 + timedelta(days=60), "text": "",
                 "hashtags": list(rng.choice(["a", "b", "c", "d"], size=int(rng.integers(0, 3)), replace=False)),
                 "mentions": [], "caption_words": ["w"] * n_words,
-                "retweets": int(rng.pareto(1.2) * 5), "likes": int(rng.pareto(1.2) * 20),
+                "retweets": int(rng.pareto(1.2) * retweets), "likes": int(rng.pareto(1.2) * 20),
                 "media_count": 1, "status": "pending"})
     return pa.Table.from_pylist(rows)
 
@@ -71,8 +73,11 @@ def test_all_candidates_equals_brute_force(tmp_path, seed, share):
                          extra_share=share, split_shares=(0.5, 0.25, 0.25))
     build_pairs(config)
     got, table = emitted(tmp_path / "pairs")
-    expected = brute_force(images, config, extra=share == 1.0)
-    assert got == expected and len(expected) > 0
+    expected = brute_force(images, config, extra=False)
+    assert got == expected and len(expected) > 0  # the retweet rule labels pairs, it removes none
+    carrying = {p for p, rule in zip(zip(table.column("hi_key").to_pylist(), table.column("lo_key").to_pylist()),
+                                     table.column("rule").to_pylist()) if rule == "retweets"}
+    assert carrying == (brute_force(images, config, extra=True) if share == 1.0 else set())
     assert all(p >= 0.95 for p in table.column("prob").to_pylist())
     assert all(d <= 10 for d in table.column("days_apart").to_pylist())
 
@@ -91,17 +96,48 @@ def test_user_split_keeps_users_apart_and_is_deterministic(tmp_path):
     assert (tmp_path / "a" / "pairs.png").stat().st_size > 1000
 
 
-def test_share_of_pairs_under_the_retweet_rule(tmp_path):
-    write_table(random_images(9, users=8, per_user=20), tmp_path / "images.parquet", "images")
-    build_pairs(PairsConfig(images=tmp_path / "images.parquet", out=tmp_path / "p", all_candidates=True))
-    _, table = emitted(tmp_path / "p")
-    images = {r["key"]: r for r in random_images(9, users=8, per_user=20).to_pylist()}
-    rules = table.column("rule").to_pylist()
-    assert {"base", "retweets"} <= set(rules)
-    for hi, lo, rule in zip(table.column("hi_key").to_pylist(), table.column("lo_key").to_pylist(), rules):
-        if rule == "retweets":
-            rt = images[hi]["retweets"], images[lo]["retweets"]
-            assert rt[0] != rt[1] and max(rt) > 20
+def carriers(table: pa.Table) -> set[tuple[str, str]]:
+    rule = np.array(table.column("rule").to_pylist()) == "retweets"
+    return set(zip(np.array(table.column("hi_key").to_pylist())[rule], np.array(table.column("lo_key").to_pylist())[rule]))
+
+
+@pytest.mark.parametrize("share", [1 / 3, 0.1, 0.5])
+def test_the_share_of_output_pairs_carrying_the_retweet_rule_is_the_share_asked(tmp_path, share):
+    """Selected pairs (per-user cap, split clashes dropped): the share is of what is written."""
+    images = random_images(9, users=8, per_user=20, retweets=40)
+    write_table(images, tmp_path / "images.parquet", "images")
+    config = PairsConfig(images=tmp_path / "images.parquet", out=tmp_path / "p", extra_share=share,
+                         max_pairs_per_user=12, split="pair")
+    stats = build_pairs(config)
+    pairs, table = emitted(tmp_path / "p")
+    by_key = {r["key"]: r for r in images.to_pylist()}
+    passing = {(a, b) for a, b in pairs if by_key[a]["retweets"] != by_key[b]["retweets"]
+               and max(by_key[a]["retweets"], by_key[b]["retweets"]) > 20}
+    carrying = carriers(table)
+    assert len(passing) > share * len(pairs) + 1  # enough pass: no shortfall
+    assert carrying <= passing and abs(len(carrying) - share * len(pairs)) <= 0.5
+    assert stats["retweet_rule"] == {"share_asked": share, "share_reached": len(carrying) / len(pairs),
+                                     "pairs_asked": len(carrying), "pairs_carrying": len(carrying),
+                                     "pairs_passing": len(passing), "shortfall": 0}
+    assert stats["rules"]["retweets"]["pairs"] == len(carrying)
+    build_pairs(PairsConfig(**{**config.__dict__, "out": tmp_path / "again"}))
+    assert carriers(emitted(tmp_path / "again")[1]) == carrying  # the same seed draws the same pairs
+    build_pairs(PairsConfig(**{**config.__dict__, "out": tmp_path / "seed1", "seed": 1}))
+    assert carriers(emitted(tmp_path / "seed1")[1]) != carrying
+
+
+def test_too_few_pairs_pass_the_retweet_rule_all_carry_it_and_the_shortfall_is_said(tmp_path):
+    images = random_images(9, users=8, per_user=20)
+    write_table(images, tmp_path / "images.parquet", "images")
+    stats = build_pairs(PairsConfig(images=tmp_path / "images.parquet", out=tmp_path / "p", all_candidates=True,
+                                    extra_share=0.9, plot=False))
+    pairs, table = emitted(tmp_path / "p")
+    passing = brute_force(images, PairsConfig(images=Path(), out=Path()), extra=True)
+    assert 0 < len(passing) < 0.9 * len(pairs) and carriers(table) == passing
+    share = stats["retweet_rule"]
+    assert share["shortfall"] == round(0.9 * len(pairs)) - len(passing) and share["pairs_carrying"] == len(passing)
+    assert share["share_reached"] == pytest.approx(len(passing) / len(pairs))
+    assert f"short by {share['shortfall']} pairs" in summary(stats)
 
 
 @pytest.mark.parametrize("bad", [dict(threshold=0.3), dict(sigma=0), dict(split_shares=(0.5, 0.6, 0.1)),

@@ -38,7 +38,7 @@ def test_build_prints_table1_and_writes_stats_and_plot(tmp_path):
     counts = json.loads(lines[-1])
     stats = json.loads((tmp_path / "p" / "stats.json").read_text())
     # Every odd day beats every even day of the same user (gap ln(1+171)−ln(1+31.4) = 1.67); 4 × 4 = 16
-    # pairs per user; a third are drawn into the retweet rule, which they pass (30 vs 2, 30 > 20).
+    # pairs per user; every pair passes the retweet rule (30 vs 2, 30 > 20), a third of them carry it.
     assert counts["pairs"] == stats["pairs"] == 6 * 16
     assert sum(counts[s] for s in ("train", "val", "test")) == 96
     for name in ("train", "val", "test", "all", "rule base", "rule retweets"):
@@ -47,7 +47,7 @@ def test_build_prints_table1_and_writes_stats_and_plot(tmp_path):
     assert stats["all"]["share_no_caption"] == pytest.approx(12 / 48)
     assert stats["all"]["share_no_mention"] == pytest.approx(32 / 48)
     assert stats["all"]["share_no_hashtag"] == 0
-    assert 0 < stats["rules"]["retweets"]["pairs"] < stats["rules"]["base"]["pairs"]
+    assert stats["rules"]["retweets"]["pairs"] == 32 and stats["retweet_rule"]["share_reached"] == 1 / 3
     assert stats["rules"]["retweets"]["pairs"] + stats["rules"]["base"]["pairs"] == 96
     assert sum(v["users"] for v in stats["splits"].values()) == 6
     days = pq.read_table(tmp_path / "p" / "train.parquet").column("days_apart").to_pylist()
@@ -104,5 +104,5 @@ def test_bench_pairs_quick_agrees_with_duckdb(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["same_pairs"] and result["pairs"] > 100
-    assert result["check"]["drawn_and_dropped"] > 0  # the retweet-rule share was exercised
+    assert result["check"]["carrying_retweet_rule"] > 0  # the retweet-rule share was exercised
     assert {"stage", "unit", "value", "baseline", "baseline_value", "ratio"} <= set(result)

@@ -17,8 +17,7 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shards.pairs import (PairsConfig, build_pairs, greedy_matching, normal_cdf, retweet_draw, stable_hash,
-                          thurstone_prob)
+from shards.pairs import PairsConfig, build_pairs, greedy_matching, normal_cdf, stable_hash, thurstone_prob
 from shards.schema import read_table, write_table
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -139,7 +138,7 @@ def test_twitter_all_candidates_equal_brute_force(table, share, common, days):
     config = PairsConfig(images=Path(), out=Path(), extra_share=share, min_common_hashtags=common, max_days=days)
     ref = reference(table, config)
     photos = {r["key"]: r["media_key"] or r["url"] for r in table.to_pylist()}
-    expected = {p for p, rt_ok in ref.items() if share == 0 or rt_ok}
+    expected = set(ref)  # the retweet rule labels pairs, it removes none
     got = pair_set(out)
     # Split by pair, a photo in pairs of two splits stays only in the first: the pairs missing here
     # are exactly those (exact equality under a user split is the next test).
@@ -149,7 +148,7 @@ def test_twitter_all_candidates_equal_brute_force(table, share, common, days):
     assert stats["dropped_shared_photo"] == len(expected - got)
     rules = dict(zip(zip(out.column("hi_key").to_pylist(), out.column("lo_key").to_pylist()),
                      out.column("rule").to_pylist()))
-    assert all(rules[p] == ("retweets" if share == 1.0 else "base") for p in got)
+    assert all(rules[p] == ("retweets" if share == 1.0 and ref[p] else "base") for p in got)
 
 
 @SETTINGS
@@ -160,7 +159,7 @@ def test_twitter_all_candidates_equal_brute_force_unique_photos(table):
     for share in (0.0, 1.0):
         _, out, _ = run(table, all_candidates=True, extra_share=share, split_shares=(0.5, 0.25, 0.25))
         ref = reference(table, PairsConfig(images=Path(), out=Path(), extra_share=share))
-        assert pair_set(out) == {p for p, ok in ref.items() if share == 0 or ok}
+        assert pair_set(out) == set(ref)
 
 
 @SETTINGS
@@ -278,8 +277,21 @@ def test_thurstone_prob_on_a_dense_grid():
     assert np.max(np.abs(thurstone_prob(gap, 0.3) - ref)) < 1e-13
 
 
-def test_retweet_draw_is_nested_and_near_its_share():
-    h = stable_hash([f"pair{i}" for i in range(60_000)], 0)
-    third, half = retweet_draw(h, 1 / 3), retweet_draw(h, 0.5)
-    assert not (third & ~half).any()  # a pair drawn at 1/3 is drawn at any larger share
-    assert abs(third.mean() - 1 / 3) < 0.01
+@SETTINGS
+@given(images(), st.floats(0, 1), st.floats(0, 1))
+def test_retweet_share_is_exact_nested_and_only_on_pairs_that_pass(table, a, b):
+    """The pairs carrying the rule pass it, number the share asked (rounded) or all that pass, and
+    a pair carrying it at one share carries it at any larger one (the pairs are the same)."""
+    small, large = sorted((a, b))
+    carried = {}
+    for share in (small, large):
+        stats, out, _ = run(table, all_candidates=True, extra_share=share)
+        ref = reference(table, PairsConfig(images=Path(), out=Path()))
+        rules = dict(zip(zip(out.column("hi_key").to_pylist(), out.column("lo_key").to_pylist()),
+                         out.column("rule").to_pylist()))
+        carried[share] = {p for p, rule in rules.items() if rule == "retweets"}
+        passing = {p for p in rules if ref[p]}
+        assert carried[share] <= passing
+        assert len(carried[share]) == min(len(passing), math.floor(share * len(rules) + 0.5))
+        assert stats["retweet_rule"]["shortfall"] == max(0, math.floor(share * len(rules) + 0.5) - len(passing))
+    assert carried[small] <= carried[large]

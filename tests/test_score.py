@@ -1,6 +1,8 @@
 """`iipa score`: IIPA's preprocessing reproduced on a plain torchvision ResNet-50, folders with a
 corrupt image, shards, CSV/Parquet output, and the bench's two scoring loops."""
 import io
+import json
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow.csv as pcsv
@@ -15,6 +17,8 @@ from cluster.benches.score import make_folder, make_model, score_batched, score_
 from eval.cli import score_main
 from eval.score import ScoreConfig, Scorer, score_files, score_images
 from shards.console import UserError
+from shards.resize import ResizeConfig, resize_image
+from tests.conftest import photo_arrays
 from tests.conftest import run_iipa
 from tests.test_eval import make_run, make_shards, variants
 
@@ -58,7 +62,7 @@ def iipa_test_script(model, paths) -> list[float]:
 def test_iipa_weights_score_like_iipas_own_script(resnet50, folder):
     path, model = resnet50
     files = sorted(p for p in folder.glob("*.jpg") if p.stem in ("astronaut", "coffee", "chelsea", "rocket"))
-    table = score_images(ScoreConfig(f"iipa:{path}", files, batch_size=3, device="cpu")).to_pylist()
+    table = score_images(ScoreConfig(f"iipa:{path}", files, batch_size=3, device="cpu")).table.to_pylist()
     assert [r["path"] for r in table] == [str(p) for p in files] and {r["status"] for r in table} == {"ok"}
     ours = np.array([r["score"] for r in table])
     theirs = np.array(iipa_test_script(model, files))
@@ -72,9 +76,9 @@ def test_iipa_weights_score_like_iipas_own_script(resnet50, folder):
 def test_corrupt_images_are_reported_and_the_rest_scored(small_run, folder, tmp_path):
     model_path, _ = small_run
     missing = tmp_path / "absent.jpg"
-    table = score_images(ScoreConfig(str(model_path), [folder, missing], batch_size=4, device="cpu"))
+    table, not_images = score_images(ScoreConfig(str(model_path), [folder, missing], batch_size=4, device="cpu"))
     rows = {r["path"]: r for r in table.to_pylist()}
-    assert len(rows) == 8 and not any(p.endswith("README.txt") for p in rows)
+    assert len(rows) == 8 and not any(p.endswith("README.txt") for p in rows) and not_images == 1
     status = {p.split("/")[-1]: r["status"] for p, r in rows.items()}
     assert status == {"astronaut.jpg": "ok", "broken.jpg": "decode_error", "chelsea.jpg": "ok", "coffee.jpg": "ok",
                       "notes.jpg": "decode_error", "rocket.jpg": "ok", "coffee.png": "ok", "absent.jpg": "not_found"}
@@ -92,13 +96,15 @@ def test_corrupt_images_are_reported_and_the_rest_scored(small_run, folder, tmp_
 def test_scores_from_shards_match_the_same_images_as_files(small_run, tmp_path):
     model_path, _ = small_run
     images = dict(list(variants().items())[:5])
-    shards = make_shards(tmp_path, images, {k: "u1" for k in images}, per_shard=3)
+    # the shards hold what `shards build` stores of each photo; the files are the photos themselves
+    stored = {k: resize_image(data, ResizeConfig()).data for k, data in images.items()}
+    shards = make_shards(tmp_path, stored, {k: "u1" for k in images}, per_shard=3)
     files = []
     for key, data in images.items():
         files.append(tmp_path / f"{key}.jpg")
         files[-1].write_bytes(data)
     out = tmp_path / "scores.parquet"
-    table = score_images(ScoreConfig(str(model_path), files, shards=shards, out=out, batch_size=2, device="cpu"))
+    table = score_images(ScoreConfig(str(model_path), files, shards=shards, out=out, batch_size=2, device="cpu")).table
     assert pq.read_table(out).equals(table)
     rows = table.to_pylist()
     from_files = {r["path"].split("/")[-1][:-4]: r["score"] for r in rows if r["key"] is None}
@@ -115,7 +121,7 @@ def test_score_cli_writes_csv_and_reports_failures(small_run, folder, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     csv = pcsv.read_csv(out).to_pylist()
     assert len(csv) == 7 and sum(r["status"] == "ok" for r in csv) == 5
-    assert "broken.jpg: decode_error" in result.stderr and '"failed": 2' in result.stderr
+    assert "broken.jpg: decode_error" in result.stderr and '"failed": 2, "not_images": 1' in result.stderr
 
 
 def test_score_cli_table_and_one_line_errors(small_run, folder, tmp_path, capsys):
@@ -150,3 +156,89 @@ def test_bench_loops_score_the_same_photos(tmp_path):
     fast = score_batched(str(tmp_path / "photos"), model, batch_size=2, threads=2)
     slow = score_one_by_one(str(tmp_path / "photos"), model, "resnet18")
     assert fast["images"] == slow["images"] == 3 and fast["scoring_s"] > 0 and slow["scoring_s"] > 0
+
+
+def exif_rotated_jpeg(upright: np.ndarray) -> bytes:
+    """A camera's JPEG of an upright photo: pixels stored turned a quarter left, EXIF orientation 6
+    ("turn right to view")."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.fromarray(np.rot90(upright)).save(out, format="JPEG", quality=95, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture()
+def as_cameras_leave_them(tmp_path):
+    """The coffee photo upright, as a camera's EXIF-rotated JPEG and with its stored pixels only;
+    the astronaut as an RGBA PNG whose left half is transparent, and that photo over white."""
+    coffee, astronaut = photo_arrays()["coffee"], photo_arrays()["astronaut"]
+    files = {"upright.jpg": Image.fromarray(coffee), "rotated_exif.jpg": exif_rotated_jpeg(coffee),
+             "rotated_no_exif.jpg": Image.fromarray(np.rot90(coffee))}
+    alpha = np.full(astronaut.shape[:2], 255, np.uint8)
+    alpha[:, : astronaut.shape[1] // 2] = 0
+    rgba = Image.fromarray(np.dstack([astronaut, alpha]), "RGBA")
+    over_white = astronaut.copy()
+    over_white[:, : astronaut.shape[1] // 2] = 255
+    files.update({"rgba.png": png_bytes(rgba), "over_white.png": png_bytes(Image.fromarray(over_white)),
+                  "alpha_dropped.png": png_bytes(rgba.convert("RGB"))})
+    for name, data in files.items():
+        if isinstance(data, Image.Image):
+            data.save(tmp_path / name, quality=95)
+        else:
+            (tmp_path / name).write_bytes(data)
+    return {name: tmp_path / name for name in files}
+
+
+def test_our_models_score_files_as_shards_store_them(small_run, as_cameras_leave_them, tmp_path):
+    """EXIF orientation applied and transparency over white, as `shards build` does: the model
+    learned those pixels. The RGBA photo scores exactly as the same photo over white."""
+    model_path, _ = small_run
+    files = as_cameras_leave_them
+    table, _ = score_images(ScoreConfig(str(model_path), list(files.values()), batch_size=4, device="cpu"))
+    score = {r["path"].split("/")[-1]: r["score"] for r in table.to_pylist()}
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert score["rgba.png"] == pytest.approx(score["over_white.png"], abs=1e-5)  # up to batch arithmetic
+    assert abs(score["alpha_dropped.png"] - score["over_white.png"]) > 1e-3
+    # Turned upright, the camera's JPEG differs from the upright one by JPEG rounding only.
+    assert abs(score["rotated_exif.jpg"] - score["upright.jpg"]) < 0.1 * abs(
+        score["rotated_no_exif.jpg"] - score["upright.jpg"])
+    # The same score as the photo gets once `shards build` has stored it.
+    stored = tmp_path / "stored.jpg"
+    stored.write_bytes(resize_image(files["rotated_exif.jpg"].read_bytes(), ResizeConfig()).data)
+    scorer = Scorer(str(model_path), device="cpu")
+    assert scorer.score([stored.read_bytes()])[0] == pytest.approx(score["rotated_exif.jpg"], abs=1e-6)
+
+
+def test_iipa_weights_keep_iipas_script_no_exif_no_white(resnet50, as_cameras_leave_them):
+    path, model = resnet50
+    names = ("rotated_exif.jpg", "rgba.png", "rotated_no_exif.jpg", "alpha_dropped.png")
+    files = [as_cameras_leave_them[n] for n in names]
+    table = score_images(ScoreConfig(f"iipa:{path}", files, batch_size=4, device="cpu")).table
+    ours = dict(zip(names, table.column("score").to_pylist()))
+    theirs = iipa_test_script(model, files[:2])
+    assert np.allclose([ours[n] for n in names[:2]], theirs, rtol=1e-2, atol=1e-3), (ours, theirs)
+    # IIPA's script sees the camera's stored pixels (no EXIF turn) and the RGBA file's hidden colours
+    assert ours["rotated_exif.jpg"] == pytest.approx(ours["rotated_no_exif.jpg"], abs=1e-5)
+    assert ours["rgba.png"] == pytest.approx(ours["alpha_dropped.png"], abs=1e-5)
+
+
+def test_files_are_stored_with_the_settings_of_the_shards_the_run_trained_on(tmp_path, photos):
+    model_path, _ = make_run(tmp_path)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({"resize": {**asdict(ResizeConfig()), "size": 64, "quality": 50}}))
+    (model_path.parent / "config.json").write_text(json.dumps({"data": {"shards": str(shards)}}))
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(photos["chelsea"])
+    scorer = Scorer(str(model_path), device="cpu")
+    got = score_files(scorer, [photo])["score"][0]
+    small = scorer.score([resize_image(photos["chelsea"], ResizeConfig(size=64, quality=50)).data])[0]
+    default = scorer.score([resize_image(photos["chelsea"], ResizeConfig()).data])[0]
+    assert got == pytest.approx(small, abs=1e-6) and abs(got - default) > 1e-4

@@ -10,8 +10,8 @@ once under the workdir and reused.
 Both methods run in a fresh process (time and peak RSS of that process): `build_pairs` with the
 twitter preset and `--all-candidates`, and the same rules as one DuckDB SQL self-join. The two
 pair sets are then compared exactly: DuckDB returns every pair of the base rules with whether
-it passes the retweet rule; the pairs it says fail that rule must be missing from ours exactly
-when the seeded draw puts them in the retweet rule's share.
+it passes the retweet rule; ours must be the same set, and the pairs ours say carry the retweet
+rule must pass it by DuckDB's reckoning and be the share asked (or all that pass, if fewer do).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from cluster.bench import BenchConfig, run_isolated
 from shards.console import UserError
 # Imported here, not in the timed functions: `run_isolated` times the call, not the imports.
-from shards.pairs import PairsConfig, build_pairs, combine_hashes, retweet_draw, stable_hash
+from shards.pairs import PairsConfig, build_pairs
 from shards.schema import write_table
 
 try:
@@ -107,7 +107,7 @@ def images_for(config: BenchConfig) -> tuple[Path, int, int]:
 def run_iipa(images: str, out: str) -> dict:
     """The builder under test: twitter preset, every candidate, no plot."""
     stats = build_pairs(PairsConfig(images=Path(images), out=Path(out), all_candidates=True, plot=False))
-    return {"pairs": stats["pairs"], "candidates": stats["candidates"]}
+    return {"pairs": stats["pairs"], "candidates": stats["candidates"], "retweet_rule": stats["retweet_rule"]}
 
 
 def duckdb_sql(images: str, out: str, min_gap: float, window_us: int) -> str:
@@ -138,23 +138,22 @@ def run_duckdb(images: str, out: str) -> dict:
 
 
 def check_same_pairs(ours: str, theirs: str, out: str) -> dict:
-    """Exact comparison: ours = DuckDB's pairs that pass the retweet rule or are not drawn into its share."""
+    """Exact comparison: ours = DuckDB's pairs; ours carrying the retweet rule pass it in DuckDB and
+    are the share asked of all pairs (rounded), or every pair that passes where fewer do."""
     con = duckdb.connect()
-    failing = con.execute(f"SELECT hi_key, lo_key FROM read_parquet('{theirs}') WHERE NOT retweet_rule").to_arrow_table()
-    config = PairsConfig(images=Path(), out=Path())
-    h = combine_hashes(stable_hash(failing.column("hi_key"), config.seed),
-                       stable_hash(failing.column("lo_key"), config.seed))
-    keep = pa.table({"hi_key": failing.column("hi_key"), "lo_key": failing.column("lo_key"),
-                     "drawn": retweet_draw(h, config.extra_share)})
-    con.register("failing", keep)
-    con.execute(f"""CREATE VIEW expected AS
-        SELECT hi_key, lo_key FROM read_parquet('{theirs}') WHERE retweet_rule
-        UNION ALL SELECT hi_key, lo_key FROM failing WHERE NOT drawn""")
-    con.execute(f"CREATE VIEW ours AS SELECT hi_key, lo_key FROM read_parquet('{ours}/*.parquet')")
-    missing = con.execute("SELECT count(*) FROM (SELECT * FROM expected EXCEPT ALL SELECT * FROM ours)").fetchone()[0]
-    extra = con.execute("SELECT count(*) FROM (SELECT * FROM ours EXCEPT ALL SELECT * FROM expected)").fetchone()[0]
-    return {"missing_from_iipa": int(missing), "extra_in_iipa": int(extra),
-            "retweet_rule_failing": keep.num_rows, "drawn_and_dropped": int(pc.sum(keep.column("drawn")).as_py() or 0)}
+    con.execute(f"CREATE VIEW theirs AS SELECT hi_key, lo_key, retweet_rule FROM read_parquet('{theirs}')")
+    con.execute(f"CREATE VIEW ours AS SELECT hi_key, lo_key, rule FROM read_parquet('{ours}/*.parquet')")
+    pairs = "SELECT hi_key, lo_key FROM"
+    missing = con.execute(f"SELECT count(*) FROM ({pairs} theirs EXCEPT ALL {pairs} ours)").fetchone()[0]
+    extra = con.execute(f"SELECT count(*) FROM ({pairs} ours EXCEPT ALL {pairs} theirs)").fetchone()[0]
+    total, passing = con.execute("SELECT count(*), count(*) FILTER (retweet_rule) FROM theirs").fetchone()
+    carrying, carrying_failing = con.execute(
+        "SELECT count(*), count(*) FILTER (NOT t.retweet_rule) FROM ours o JOIN theirs t USING (hi_key, lo_key) "
+        "WHERE o.rule = 'retweets'").fetchone()
+    share = PairsConfig(images=Path(), out=Path()).extra_share
+    return {"missing_from_iipa": int(missing), "extra_in_iipa": int(extra), "retweet_rule_passing": int(passing),
+            "carrying_retweet_rule": int(carrying), "carrying_but_failing": int(carrying_failing),
+            "carrying_as_asked": int(carrying) == min(int(passing), int(np.floor(share * total + 0.5)))}
 
 
 def run(config: BenchConfig) -> dict:
@@ -166,7 +165,8 @@ def run(config: BenchConfig) -> dict:
     theirs = run_isolated("cluster.benches.pairs:run_duckdb", images=str(images), out=str(work / "duckdb-pairs.parquet"))
     check = run_isolated("cluster.benches.pairs:check_same_pairs", ours=str(work / "iipa-pairs"),
                          theirs=str(work / "duckdb-pairs.parquet"), out=str(work))
-    same = check["missing_from_iipa"] == 0 and check["extra_in_iipa"] == 0
+    same = (check["missing_from_iipa"] == 0 and check["extra_in_iipa"] == 0 and check["carrying_but_failing"] == 0
+            and check["carrying_as_asked"])
     if not same:
         raise RuntimeError(f"iipa and DuckDB disagree on the pair set: {check}")
     return {
