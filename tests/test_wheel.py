@@ -1,6 +1,7 @@
 """The package as users install it: a wheel built from this tree, installed into a fresh venv
 outside it, runs `iipa` (bench included) and a small real job from the installed files alone."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,13 +38,18 @@ def installed(tmp_path_factory) -> Path:
     return env_dir / "bin"
 
 
+# The installed package alone: no PYTHONPATH pointing back at a source tree.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(bin_dir / "iipa"), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run([str(bin_dir / "iipa"), *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env=CLEAN_ENV)
 
 
 def test_the_installed_wheel_runs_from_its_own_files(installed, tmp_path):
     where = subprocess.run([str(installed / "python"), "-c", "import cluster, shards; print(cluster.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+                           capture_output=True, text=True, cwd=tmp_path, check=True, env=CLEAN_ENV).stdout
     assert str(REPO) not in where and "site-packages" in where
     for args in (["--help"], ["bench", "--help"], ["shards", "--help"], ["train", "--help"]):
         done = run(installed, *args, cwd=tmp_path)
