@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The installed package alone: no PYTHONPATH pointing back at a source tree (pip would even take
+# the tree's egg-info for an installed iipa).
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
@@ -24,22 +27,18 @@ def installed(tmp_path_factory) -> Path:
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__",
                                                                  ".pytest_cache", ".hypothesis", "demo", "out"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(root / "dist"), str(source)], check=True, cwd=root)
+                    "-w", str(root / "dist"), str(source)], check=True, cwd=root, env=CLEAN_ENV)
     env_dir = root / "env"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+                          check=True, capture_output=True, text=True, env=CLEAN_ENV).stdout.strip()
     # This venv's dependencies, but not its editable install of iipa (a plain path: no .pth runs).
     Path(site, "lent-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheel = next((root / "dist").glob("iipa-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                   check=True, cwd=root)
+                   check=True, cwd=root, env=CLEAN_ENV)
     return env_dir / "bin"
-
-
-# The installed package alone: no PYTHONPATH pointing back at a source tree.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
