@@ -36,7 +36,7 @@ _TWEET = pa.struct([
     ("attachments", pa.struct([("media_keys", pa.list_(pa.string()))])),
 ])
 _MEDIA = pa.struct([("media_key", pa.string()), ("type", pa.string()), ("url", pa.string()),
-                    ("preview_image_url", pa.string())])
+                    ("preview_image_url", pa.string()), ("width", pa.int64()), ("height", pa.int64())])
 PAGE = pa.schema([
     ("data", pa.list_(_TWEET)),
     ("includes", pa.struct([("media", pa.list_(_MEDIA)), ("tweets", pa.list_(_TWEET))])),
@@ -163,9 +163,16 @@ def photos(pages: pa.Table, tweets: pa.Array, tweet_page: np.ndarray, media_type
     url = _field(media, "url")
     url = pc.coalesce(pc.if_else(pc.equal(url, ""), None, url), _field(media, "preview_image_url"))
     kept = pa.table({"tweet": key_tweet[found], "media_key": _field(media, "media_key").take(pick),
-                     "type": _field(media, "type").take(pick), "url": url.take(pick)})
+                     "type": _field(media, "type").take(pick), "url": url.take(pick),
+                     **{f"orig_{side}": dimension(_field(media, side).take(pick)) for side in ("width", "height")}})
     found_per_tweet = np.bincount(key_tweet[found], minlength=len(tweets))
     return kept.filter(pc.is_in(kept.column("type"), pa.array(sorted(media_types), pa.string()))), found_per_tweet
+
+
+def dimension(values: pa.Array) -> pa.Array:
+    """Photo sides as the reference reader keeps them (reader._dimension): positive int32, else null."""
+    valid = pc.and_(pc.greater(values, 0), pc.less(values, 1 << 31))
+    return pc.if_else(valid, values, pa.scalar(None, values.type)).cast(pa.int32())
 
 
 def retweets(tweets: pa.Array) -> np.ndarray:
@@ -237,6 +244,7 @@ def pages_to_rows(pages: pa.Table, fallback, media_types, originals: bool = True
         "retweets": _field(metrics, "retweet_count"), "likes": _field(metrics, "like_count"),
         "replies": _field(metrics, "reply_count"), "quotes": _field(metrics, "quote_count"),
         "media_count": pa.array(sizes, pa.int32()), "url": kept.column("url"),
+        "orig_width": kept.column("orig_width"), "orig_height": kept.column("orig_height"),
         "status": pa.array(np.full(len(index), PENDING, dtype=object), pa.string()),
     }), skips(tweets, is_rt, tweet_idx, found)
 

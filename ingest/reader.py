@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from shards.schema import PENDING
 
@@ -150,23 +151,39 @@ def _count(metrics: dict, name: str) -> int | None:
     return None if value is None else int(value)
 
 
-def photo_rows(base: dict, media: list[tuple[str | None, str | None]], skipped: dict[str, int]) -> list[dict]:
-    """One row per kept medium (media_key, url) of a tweet whose shared columns are `base`.
+class Medium(NamedTuple):
+    """One photo of a tweet as the source gives it; width and height of the original where known
+    (shards build then fetches the smallest size variant that still gives its --size)."""
+
+    key: str | None
+    url: str | None
+    width: int | None = None
+    height: int | None = None
+
+
+def photo_rows(base: dict, media: list[Medium], skipped: dict[str, int]) -> list[dict]:
+    """One row per kept medium of a tweet whose shared columns are `base`.
 
     A URL the tweet gave already is the same photo again: it is counted, not kept twice.
     """
     if len(media) > 1:
         unique, seen = [], set()
-        for key, url in media:
-            if url is None or url not in seen:
-                unique.append((key, url))
-                seen.add(url)
+        for medium in media:
+            if medium.url is None or medium.url not in seen:
+                unique.append(medium)
+                seen.add(medium.url)
         if len(unique) < len(media):
             skipped["duplicate_url"] += len(media) - len(unique)
             media = unique
     base = {**base, "media_count": len(media), "status": PENDING}
-    return [{**base, "key": f"{base['tweet_id']}_{i}", "media_key": key, "url": url}
-            for i, (key, url) in enumerate(media)]
+    return [{**base, "key": f"{base['tweet_id']}_{i}", "media_key": m.key, "url": m.url,
+             "orig_width": _dimension(m.width), "orig_height": _dimension(m.height)}
+            for i, m in enumerate(media)]
+
+
+def _dimension(value) -> int | None:
+    """A photo side from an API record: a positive whole number, or unknown."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31 else None
 
 
 # ---- API v2 (twarc2 pages and flattened tweets) -------------------------------------------
@@ -206,8 +223,8 @@ def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types, sk
         "replies": _count(metrics, "reply_count"),
         "quotes": _count(metrics, "quote_count"),
     }
-    return photo_rows(base, [(m.get("media_key"), m.get("url") or m.get("preview_image_url")) for m in media],
-                      skipped)
+    return photo_rows(base, [Medium(m.get("media_key"), m.get("url") or m.get("preview_image_url"),
+                                    m.get("width"), m.get("height")) for m in media], skipped)
 
 
 def retweeted_originals(tweet: dict, by_id: dict) -> list[dict]:
@@ -400,7 +417,8 @@ def v1_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipp
         media_id = str(m.get("id_str") or m.get("id") or "")
         key = m.get("media_key") or (f"{MEDIA_KEY_PREFIX.get(m.get('type', 'photo'), '3')}_{media_id}" if media_id else None)
         url = (local_media and local_media(tweet_id, m)) or m.get("media_url_https") or m.get("media_url")
-        photos.append((key, url))
+        original = m.get("original_info") if isinstance(m.get("original_info"), dict) else {}
+        photos.append(Medium(key, url, original.get("width"), original.get("height")))
     return photo_rows(base, photos, skipped)
 
 

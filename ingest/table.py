@@ -19,6 +19,7 @@ from ingest.reader import (
     FormatError,
     NOT_UTF8_RE,
     Malformed,
+    Medium,
     add_to,
     caption_words,
     file_time,
@@ -185,7 +186,7 @@ def table_row(record: dict, fields: dict[str, str], collected_at, constants: dic
         "replies": _int(get.get("replies")), "quotes": _int(get.get("quotes")),
     }
     keys = list(keys or [])
-    return photo_rows(base, [(keys[i] if i < len(keys) else None, u) for i, u in enumerate(urls)], skipped)
+    return photo_rows(base, [Medium(keys[i] if i < len(keys) else None, u) for i, u in enumerate(urls)], skipped)
 
 
 def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo"}), columns=None,

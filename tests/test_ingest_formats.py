@@ -475,3 +475,24 @@ def test_bytes_and_escapes_no_text_can_hold_are_one_malformed_record(twitter_tim
         assert summary["malformed_lines"] == ([f"{path}:{bad_line}"] if bad_line else []), path
         assert len({r["tweet_id"] for r in rows.values()}) == kept, path
     assert next(iter(rows_of(tmp_path, "e", jsonl2)[1].values()))["text"].startswith("😀 ")
+
+
+def test_photo_dimensions_from_the_api_reach_the_table_by_both_readers(tmp_path, v2_page):
+    """v2 media carry the original's width and height (what shards build picks a size variant
+    from); a missing or nonsensical value is unknown, never a guess."""
+    page = json.loads(json.dumps(v2_page))
+    dims = [(4032, 3024), (None, None), ("wide", 10), (-5, 700)]
+    for medium, (w, h) in zip(page["includes"]["media"], dims * len(page["includes"]["media"])):
+        medium.update({k: v for k, v in (("width", w), ("height", h)) if v is not None})
+    path = tmp_path / "page.jsonl"
+    path.write_text(json.dumps(page) + "\n")
+    expected = {m["media_key"]: (m.get("width") if isinstance(m.get("width"), int) and m.get("width") > 0 else None,
+                                 m.get("height") if isinstance(m.get("height"), int) and m.get("height") > 0 else None)
+                for m in page["includes"]["media"]}
+    reference = [r for r in read_twarc2(path) if isinstance(r, dict)]
+    assert reference and {r["media_key"]: (r["orig_width"], r["orig_height"]) for r in reference} == \
+        {k: v for k, v in expected.items() if k in {r["media_key"] for r in reference}}
+    assert (4032, 3024) in {(r["orig_width"], r["orig_height"]) for r in reference}
+    items = list(read_twarc2_fast(path, block_bytes=300))
+    fast = [r for t in items if isinstance(t, pa.Table) for r in t.to_pylist()] + [i for i in items if isinstance(i, dict)]
+    assert sorted(fast, key=lambda r: r["key"]) == sorted(reference, key=lambda r: r["key"])
