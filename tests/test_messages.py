@@ -69,7 +69,7 @@ def test_decoder_errors_do_not_show_an_in_memory_file(run, tmp_path):
     assert result.status == "decode_error" and "BytesIO" not in result.error and "0x" not in result.error
     assert result.error.startswith("UnidentifiedImageError: cannot identify image file"), result.error
     (tmp_path / "notes.jpg").write_bytes(b"not an image at all")
-    rows = score_images(ScoreConfig(str(run), [tmp_path / "notes.jpg"])).to_pylist()
+    rows = score_images(ScoreConfig(str(run), [tmp_path / "notes.jpg"])).table.to_pylist()
     assert rows[0]["status"] == "decode_error" and "BytesIO" not in rows[0]["error"], rows
 
 
@@ -78,6 +78,6 @@ def test_a_dangling_link_in_a_scored_folder_is_a_row(run, tmp_path, photos):
     folder.mkdir()
     (folder / "coffee.jpg").write_bytes(photos["coffee"])
     (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
-    rows = {os.path.basename(r["path"]): r for r in score_images(ScoreConfig(str(run), [folder])).to_pylist()}
+    rows = {os.path.basename(r["path"]): r for r in score_images(ScoreConfig(str(run), [folder])).table.to_pylist()}
     assert rows["coffee.jpg"]["status"] == "ok"
     assert rows["gone.jpg"]["status"] == "not_found" and rows["gone.jpg"]["score"] is None
