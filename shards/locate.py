@@ -239,7 +239,8 @@ def _scan_slices(shards_dir: Path) -> dict:
 def key_parts(keys: pa.Array | pa.ChunkedArray, parts: int) -> np.ndarray:
     """Each key's partition (0 … parts-1, a power of two): a multiplicative hash of the key's
     length and last 8 bytes, where identifiers differ most. One gather per key, no Python per
-    key; a key's partition depends on its own bytes only."""
+    key; a key's partition depends on its own bytes only. Locate files store rows grouped by
+    it, and their fingerprint holds what it makes of a few keys, so a changed hash rebuilds them."""
     if isinstance(keys, pa.ChunkedArray):
         return np.concatenate([key_parts(c, parts) for c in keys.chunks] or [np.empty(0, np.uint16)])
     if parts == 1 or len(keys) == 0:
@@ -275,7 +276,9 @@ class ResolvedPairs:
     missing: int  # pairs dropped because an image is not in the shards
 
 
-CACHE_VERSION = 2  # 2: rows grouped by key partition (part_bounds)
+# Part of every fingerprint: bump it whenever what the files hold changes (a change of key_parts
+# is caught by the fingerprint's probe of it).
+CACHE_VERSION = 3  # 2: rows grouped by key partition (part_bounds); 3: the probe of key_parts
 OFFSETS = {pa.string(): np.int32, pa.large_string(): np.int64}  # Arrow string offsets, by key type
 
 
@@ -333,7 +336,9 @@ def _fingerprint(shards_dir: Path, *more: Path) -> str:
     not when the folders are copied or moved whole (names, sizes and times only)."""
     files = [*more, shards_dir / "manifest.json", *parquet_files(shards_dir)]
     stats = [(f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in files if f.exists()]
-    return hashlib.sha1(json.dumps([CACHE_VERSION, stats]).encode()).hexdigest()
+    # What key_parts makes of a few keys: files grouped by another partition function are stale.
+    probe = key_parts(pa.array([f"{10 ** 18 + i}_{i % 4}" for i in range(16)] + ["a", "k001"]), 256).tolist()
+    return hashlib.sha1(json.dumps([CACHE_VERSION, probe, stats]).encode()).hexdigest()
 
 
 def _flat_arrays(index: dict) -> tuple[dict, dict[str, np.ndarray]]:

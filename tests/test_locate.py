@@ -169,3 +169,19 @@ def test_background_resolution_writes_the_caches_and_reraises_errors(dataset):
     (pairs / "val.parquet").write_bytes(b"not parquet")
     with pytest.raises(SchemaError, match="not a readable Parquet file"):
         resolve_in_background(dataset / "shards", [pairs / "val.parquet"]).result()
+
+
+def test_a_locate_file_grouped_by_another_partition_function_is_rebuilt(tmp_path, monkeypatch):
+    """An upgrade that changes key_parts must not send lookups to the wrong partitions."""
+    import shards.locate
+    from cluster.benches.scale import make_scaleset
+
+    monkeypatch.setattr(shards.locate, "ROWS_PER_PART", 300)
+    root = make_scaleset(tmp_path, 20_000, 4, 100)
+    keys = list(ShardIndex(root / "shards").keys)
+    original = shards.locate.key_parts
+    monkeypatch.setattr(shards.locate, "key_parts", lambda k, parts: (original(k, parts) + 1) % parts)
+    index = ShardIndex(root / "shards")
+    row_of = {k: i for i, k in enumerate(index.keys)}
+    asked = keys[:5000] + keys[-5000:]
+    assert list(index.rows(asked)) == [row_of[k] for k in asked]
