@@ -15,7 +15,7 @@ from shards.console import UserError
 from shards.pool import write_manifest
 from shards.resize import ResizeConfig, resize_image
 from shards.verify import verify_shards
-from tests.test_eval import make_run, make_shards
+from tests.builders import make_run, make_shards
 from train.checkpoint import initialise, model_meta
 
 

@@ -19,7 +19,7 @@ import pytest
 from cluster.cli import main as iipa
 from shards.schema import write_table
 from tests.conftest import jpeg_bytes, photo_arrays
-from tests.test_eval import make_run, make_shards
+from tests.builders import make_run, make_shards
 
 CASES = ("missing", "empty", "random", "wrong_parquet")
 

@@ -20,7 +20,7 @@ from shards.console import UserError
 from shards.resize import ResizeConfig, resize_image
 from tests.conftest import photo_arrays
 from tests.conftest import run_iipa
-from tests.test_eval import make_run, make_shards, variants
+from tests.builders import make_run, make_shards, variants
 
 
 @pytest.fixture(scope="module")
