@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
         return ingest_main(rest, prog)
     if command == "pairs":
-        from shards.pairs_cli import main as pairs_main
+        from shards.pairs.cli import main as pairs_main
 
         return pairs_main(rest, prog)
     if command == "shards":

@@ -23,9 +23,9 @@ from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.synthetic import SyntheticConfig, generate
 from shards.build import BuildConfig, build_shards
 from shards.console import UserError, check_out
-from shards.fetch import FetchConfig
+from shards.build.fetch import FetchConfig
 from shards.pairs import PairsConfig, build_pairs
-from shards.resize import ResizeConfig
+from shards.build.resize import ResizeConfig
 from shards.schema import read_table, write_json
 
 log = logging.getLogger("iipa.demo")

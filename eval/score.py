@@ -2,7 +2,7 @@
 recorded beside the model (IIPA's own for `iipa:PATH`).
 
 For our own models an image file is first stored as `shards build` stores it (the same
-`shards.resize.resize_image`: EXIF orientation applied, transparency over white, the shorter side
+`shards.build.resize.resize_image`: EXIF orientation applied, transparency over white, the shorter side
 at the shards' size, re-encoded as JPEG), since the model learned those pixels; `iipa:` weights
 get the file as it is, as IIPA's own script reads it. Images are then decoded in batches through
 the trainer's own decoders (train.decode), so a score here is the score the model gives the same
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from shards.console import UserError, check_out, progress
-from shards.resize import ResizeConfig, image_error, resize_image
+from shards.build.resize import ResizeConfig, image_error, resize_image
 from train.checkpoint import load_matching, model_meta, read_weights
 from train.config import DataConfig
 from train.decode import make_decoder

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from shards.console import Parser, run_main
-from shards.fetch import X_MEDIA_HOSTS
-from shards.resize import RESAMPLE
-from shards.retry import TRANSIENT
+from shards.build.fetch import X_MEDIA_HOSTS
+from shards.build.resize import RESAMPLE
+from shards.build.retry import TRANSIENT
 
 EXIT_DAMAGED = 1  # verify found a problem (2 stays "you used the command wrongly")
 
@@ -77,8 +77,8 @@ def shards_parser(prog: str) -> Parser:
 
 def _build(args) -> int:
     from shards.build import BuildConfig, build_shards
-    from shards.fetch import FetchConfig
-    from shards.resize import ResizeConfig
+    from shards.build.fetch import FetchConfig
+    from shards.build.resize import ResizeConfig
 
     config = BuildConfig(
         images=args.images, out=args.out, only_paired=args.only_paired, shard_size=args.shard_size,
@@ -125,7 +125,7 @@ def _index(args) -> int:
 
 def _rebuild(args) -> int:
     from shards.rebuild import RebuildConfig, rebuild_shards
-    from shards.resize import ResizeConfig
+    from shards.build.resize import ResizeConfig
 
     config = RebuildConfig(shards=args.shards, out=args.out, by=args.by, size=args.size, shard_size=args.shard_size,
                            workers=args.workers, ray_address=args.ray_address,
@@ -138,7 +138,7 @@ def _rebuild(args) -> int:
 def main(argv=None, prog: str = "iipa shards") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["pairs"]:  # `python -m shards pairs build …`
-        from shards.pairs_cli import main as pairs_main
+        from shards.pairs.cli import main as pairs_main
 
         return pairs_main(argv[1:], prog=f"{prog} pairs")
     args = shards_parser(prog).parse_args(argv)

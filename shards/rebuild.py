@@ -15,12 +15,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.build import write_shard
+from shards.build.build import write_shard
 from shards.console import UserError, check_out
-from shards.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
-from shards.resize import ResizeConfig, check_resize, resize_image
+from shards.build.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
+from shards.build.resize import ResizeConfig, check_resize, resize_image
 from shards.schema import OK, read_table
-from shards.writer import is_complete, remove_stale, shard_name
+from shards.build.writer import is_complete, remove_stale, shard_name
 
 log = logging.getLogger("iipa.shards")
 GROUPINGS = ("none", "user")

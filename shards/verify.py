@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from shards.console import UserError, progress
-from shards.resize import image_error
+from shards.build.resize import image_error
 from shards.schema import OK, SchemaError, read_table
 
 

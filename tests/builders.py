@@ -10,7 +10,7 @@ import torchvision
 from PIL import Image, ImageFilter
 
 from shards.schema import write_json
-from shards.writer import ShardWriter
+from shards.build.writer import ShardWriter
 from tests.conftest import jpeg_bytes, photo_arrays
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -122,9 +122,9 @@ def train_dataset(tmp_path_factory, ray_local) -> Path:
     from ingest.archive import ArchiveConfig, ingest_archive
     from ingest.synthetic import SyntheticConfig, generate
     from shards.build import BuildConfig, build_shards
-    from shards.fetch import FetchConfig
+    from shards.build.fetch import FetchConfig
     from shards.pairs import PairsConfig, build_pairs
-    from shards.resize import ResizeConfig
+    from shards.build.resize import ResizeConfig
 
     root = tmp_path_factory.mktemp("train-data")
     generate(SyntheticConfig(root / "raw", users=8, tweets_per_user=14, image_size=48, seed=5))

@@ -12,8 +12,8 @@ import torchvision
 from eval.cli import score_main
 from eval.score import ScoreConfig, score_images
 from shards.console import UserError
-from shards.pool import write_manifest
-from shards.resize import ResizeConfig, resize_image
+from shards.build.pool import write_manifest
+from shards.build.resize import ResizeConfig, resize_image
 from shards.verify import verify_shards
 from tests.builders import make_run, make_shards
 from train.checkpoint import initialise, model_meta

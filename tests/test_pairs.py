@@ -10,7 +10,7 @@ import pytest
 
 from shards.console import UserError
 from shards.pairs import PairsConfig, build_pairs
-from shards.pairstats import summary
+from shards.pairs.stats import summary
 from shards.schema import read_table, write_table
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -17,7 +17,9 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shards.pairs import PairsConfig, build_pairs, greedy_matching, normal_cdf, stable_hash, thurstone_prob
+from shards.pairs import PairsConfig, build_pairs
+from shards.pairs.rows import normal_cdf, stable_hash, thurstone_prob
+from shards.pairs.rules import greedy_matching
 from shards.schema import read_table, write_table
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -50,7 +50,7 @@ def test_the_pair_builder_refuses_another_schema_version_too(tmp_path):
     """The pair builder reads the images table with its own column reader; the same check holds."""
     from datetime import datetime, timezone
 
-    from shards.pairs_rows import read_images
+    from shards.pairs.rows import read_images
 
     row = {"key": "1_0", "tweet_id": "1", "user_id": "u", "created_at": datetime(2026, 1, 1, tzinfo=timezone.utc),
            "status": "pending", "url": "https://pbs.twimg.com/media/a.jpg", "retweets": 1, "likes": 2}

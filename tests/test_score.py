@@ -17,7 +17,7 @@ from cluster.benches.score import make_folder, make_model, score_batched, score_
 from eval.cli import score_main
 from eval.score import ScoreConfig, Scorer, score_files, score_images
 from shards.console import UserError
-from shards.resize import ResizeConfig, resize_image
+from shards.build.resize import ResizeConfig, resize_image
 from tests.conftest import photo_arrays
 from tests.conftest import run_iipa
 from tests.builders import make_run, make_shards, variants

@@ -16,9 +16,9 @@ import torch
 
 from tests.conftest import run_iipa
 from shards.console import UserError
-from shards.fetch import FetchConfig, fetch, http_client
+from shards.build.fetch import FetchConfig, fetch, http_client
 from shards.schema import SchemaError, read_table, write_table
-from shards.writer import ShardWriter
+from shards.build.writer import ShardWriter
 from train.checkpoint import load_state, model_meta, read_weights
 
 

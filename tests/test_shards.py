@@ -9,9 +9,9 @@ import webdataset as wds
 from PIL import Image
 
 from shards.build import BuildConfig, build_shards
-from shards.fetch import FetchConfig
+from shards.build.fetch import FetchConfig
 from shards.locate import ShardIndex
-from shards.resize import ResizeConfig
+from shards.build.resize import ResizeConfig
 from shards.schema import read_table, write_table
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -21,10 +21,10 @@ from PIL import Image
 from tests.conftest import Routes, jpeg_bytes, photo_arrays, run_iipa
 from shards.build import BuildConfig, build_shards
 from shards.dali_index import index_shards
-from shards.fetch import FetchConfig
+from shards.build.fetch import FetchConfig
 from shards.locate import ShardIndex, open_webdataset
 from shards.rebuild import RebuildConfig, group_sizes, rebuild_shards
-from shards.resize import ResizeConfig
+from shards.build.resize import ResizeConfig
 from shards.schema import read_table, write_table
 from shards.verify import shard_stats, verify_shards
 
@@ -317,7 +317,7 @@ def test_build_refuses_to_resume_into_a_different_plan(built, tmp_path):
 
 
 def test_an_actor_that_dies_is_replaced_and_its_rows_recorded(ray_local, tmp_path):
-    from shards.pool import fail_shard, run_pool
+    from shards.build.pool import fail_shard, run_pool
 
     class Crashy:  # defined here so that Ray ships it by value
         def __init__(self, marker: str):

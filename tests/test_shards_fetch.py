@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.conftest import Routes
-from shards.fetch import FetchConfig, fetch, host_allowed, http_client, retry_delay, x_media_url, x_variant
+from shards.build.fetch import FetchConfig, fetch, host_allowed, http_client, retry_delay, x_media_url, x_variant
 
 
 def test_x_media_urls_ask_for_the_size_variant():
@@ -37,8 +37,8 @@ def test_the_smallest_variant_that_still_gives_the_size(width, height, size, var
 
 
 def test_the_variant_is_chosen_for_x_photos_only():
-    from shards.build import BuildConfig, variant_of
-    from shards.resize import ResizeConfig
+    from shards.build.build import BuildConfig, variant_of
+    from shards.build.resize import ResizeConfig
 
     auto = BuildConfig(images=None, out=None, resize=ResizeConfig(size=256))
     photo = {"url": "https://pbs.twimg.com/media/AbC.jpg", "orig_width": 4000, "orig_height": 3000}

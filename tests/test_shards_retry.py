@@ -16,9 +16,9 @@ import pytest
 from shards.build import BuildConfig, build_shards
 from shards.console import UserError
 from shards.dali_index import index_shards, index_text, tar_members
-from shards.fetch import FetchConfig
-from shards.resize import ResizeConfig
-from shards.retry import status_patterns, to_retry
+from shards.build.fetch import FetchConfig
+from shards.build.resize import ResizeConfig
+from shards.build.retry import status_patterns, to_retry
 from shards.schema import read_table, write_table
 from shards.verify import verify_shard, verify_shards
 from tests.conftest import REPO

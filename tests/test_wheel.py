@@ -24,8 +24,13 @@ def installed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wheel")
     # Built from a copy: setuptools writes build/ and egg-info into the tree it builds.
     source = root / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__",
-                                                                 ".pytest_cache", ".hypothesis", "demo", "out"))
+    anywhere = shutil.ignore_patterns(".git", ".venv*", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis")
+    at_top = {"build", "demo", "out"}  # outputs at the root only: shards/build is a package
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return anywhere(folder, names) | (at_top & set(names) if Path(folder) == REPO else set())
+
+    shutil.copytree(REPO, source, ignore=ignore)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(root / "dist"), str(source)], check=True, cwd=root, env=CLEAN_ENV)
     env_dir = root / "env"

@@ -25,7 +25,7 @@ import torch
 
 from shards.console import UserError
 from shards.locate import ShardIndex, resolve_pairs
-from shards.resize import image_error
+from shards.build.resize import image_error
 from train.config import DataConfig
 from train.decode import make_decoder
 

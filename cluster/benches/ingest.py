@@ -146,8 +146,8 @@ def cpu_budget(urls: list[str], paths: list[Path], size: int, server_pid: int) -
     Their sum on every core is what this machine could build if nothing else cost anything."""
     from PIL import Image
 
-    from shards.fetch import FetchConfig, fetch, http_client
-    from shards.resize import RESAMPLE, ResizeConfig, resize_image, target_size
+    from shards.build.fetch import FetchConfig, fetch, http_client
+    from shards.build.resize import RESAMPLE, ResizeConfig, resize_image, target_size
 
     client, fetch_config, clock = http_client(1), FetchConfig(allow_hosts=("127.0.0.1",)), time.process_time
     server_start, start = process_cpu_seconds(server_pid), clock()
@@ -224,9 +224,9 @@ def find_img2dataset() -> str | None:
 
 def run(config) -> dict:
     from shards.build import BuildConfig, build_shards
-    from shards.fetch import FetchConfig
-    from shards.pool import start_ray
-    from shards.resize import ResizeConfig
+    from shards.build.fetch import FetchConfig
+    from shards.build.pool import start_ray
+    from shards.build.resize import ResizeConfig
 
     n, lo, hi = config.pick((48, 300, 600), (300, 900, 2048), (2000, 900, 2048))
     n_naive = config.pick(16, 60, 300)

@@ -27,7 +27,7 @@ def make_variants(paths: list[Path]) -> None:
     the box, or the photo itself where it fits already (X never upscales). Made once."""
     from PIL import Image
 
-    from shards.fetch import X_VARIANTS
+    from shards.build.fetch import X_VARIANTS
 
     stamp = paths[0].parent / "variants.json"
     spec = {"n": len(paths), "variants": [name for name, _ in X_VARIANTS], "quality": VARIANT_QUALITY}
@@ -67,8 +67,8 @@ def images_table(urls: list[str], paths: list[Path], path: Path) -> Path:
 def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_size: int) -> dict:
     """images/s of `shards build` asking for `remote_size`, and the bytes it fetched per image."""
     from shards.build import BuildConfig, build_shards
-    from shards.fetch import FetchConfig
-    from shards.resize import ResizeConfig
+    from shards.build.fetch import FetchConfig
+    from shards.build.resize import ResizeConfig
     from shards.schema import read_table
 
     shutil.rmtree(out, ignore_errors=True)
@@ -91,8 +91,8 @@ def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_siz
 
 
 def run(config) -> dict:
-    from shards.fetch import x_media_url
-    from shards.pool import start_ray
+    from shards.build.fetch import x_media_url
+    from shards.build.pool import start_ray
 
     # Photos larger than small's 680 box even at the quick size, so that the choice matters.
     n, lo, hi = config.pick((48, 800, 1600), (300, 900, 2048), (2000, 900, 2048))

@@ -13,8 +13,8 @@ import pyarrow as pa
 from PIL import Image
 
 from shards.build import BuildConfig, build_shards
-from shards.fetch import FetchConfig
-from shards.resize import ResizeConfig
+from shards.build.fetch import FetchConfig
+from shards.build.resize import ResizeConfig
 from shards.schema import write_table
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from shards.console import UserError, progress
 from shards.locate import write_locate_file
 from shards.schema import IMAGES, OK, SCHEMA_VERSION, conform, read_table, write_json
-from shards.writer import ShardWriter
+from shards.build.writer import ShardWriter
 
 log = logging.getLogger("iipa.shards")
 PLAN_FILE = "plan.json"

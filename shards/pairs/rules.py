@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-# Re-exported: `shards.pairs` stays the one place to import the builder's public names from.
-from shards.pairs_config import DAY_US, SPLITS, PairsConfig  # noqa: F401
-from shards.pairs_rows import (Rows, _mix64, dense_ids, normal_cdf, popularity, read_images,  # noqa: F401
-                               stable_hash, thurstone_prob, unit_interval)
+from shards.pairs.config import DAY_US, SPLITS, PairsConfig
+from shards.pairs.rows import Rows, _mix64, dense_ids, read_images, stable_hash, thurstone_prob, unit_interval
 from shards.schema import write_json, write_table
 
 # Candidate pairs expanded at once: bounds memory (about 100 bytes per candidate in flight).
@@ -212,7 +210,7 @@ def pairs_table(rows: Rows, hi, lo, rule, prob, days) -> pa.Table:
 def build_pairs(config: PairsConfig) -> dict:
     """Build the pair manifests of every split; return the statistics written to stats.json."""
     from shards.console import progress
-    from shards.pairstats import table1, write_plot  # plotting is heavy; import on use
+    from shards.pairs.stats import table1, write_plot  # plotting is heavy; import on use
 
     config.validate()
     rows = Rows(read_images(config.images, config), config)

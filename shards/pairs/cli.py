@@ -8,7 +8,7 @@ from pathlib import Path
 
 from shards.console import Parser, UserError, run_main
 from shards.pairs import PairsConfig, build_pairs
-from shards.pairstats import summary
+from shards.pairs.stats import summary
 
 
 def _floats(text: str, n: int, flag: str) -> tuple[float, ...]:

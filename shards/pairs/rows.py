@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from scipy.special import ndtr
 
 from shards.console import UserError
-from shards.pairs_config import NEEDED, PairsConfig
+from shards.pairs.config import NEEDED, PairsConfig
 from shards.schema import IMAGES, OK, PENDING, SchemaError, check_version, conform, parquet_files
 
 

@@ -18,12 +18,12 @@ import pyarrow.compute as pc
 
 from shards.console import UserError, check_out
 from shards.dali_index import write_index
-from shards.fetch import FetchConfig, fetch, http_client, is_x_media, x_variant
-from shards.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
-from shards.resize import ResizeConfig, check_resize, resize_image
-from shards.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
+from shards.build.fetch import FetchConfig, fetch, http_client, is_x_media, x_variant
+from shards.build.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
+from shards.build.resize import ResizeConfig, check_resize, resize_image
+from shards.build.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
 from shards.schema import IMAGES, OK, conform, read_table
-from shards.writer import ShardWriter, is_complete, remove_stale, shard_name
+from shards.build.writer import ShardWriter, is_complete, remove_stale, shard_name
 
 log = logging.getLogger("iipa.shards")
 META_COLUMNS = ("key", "tweet_id", "user_id", "created_at", "retweets", "likes")
@@ -181,7 +181,7 @@ class ShardWorker:
 
     def retry(self, job: tuple[str, pa.Table]) -> dict:
         """Fetch a complete shard's retryable rows again and write it anew, its other rows as
-        they were (see shards.retry); the summary counts the rows recovered."""
+        they were (see shards.build.retry); the summary counts the rows recovered."""
         name, rows = job
         out = Path(self.config.out)
         try:
