@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.reader import READERS, Counted, FormatError, Malformed, Skipped, detect_format, parse_time
+from ingest.formats import READERS, detect_format
+from ingest.reader import Counted, FormatError, Malformed, Skipped, parse_time
 from ingest.spill import SEQ, Spill, kept_rows, read_columns, regroup, winners
 from shards.console import progress
 from shards.schema import IMAGES, conform, write_json

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from ingest.archive import ArchiveConfig, ingest_archive
-from ingest.reader import READERS, FormatError
+from ingest.formats import READERS
+from ingest.reader import FormatError
 from ingest.synthetic import SyntheticConfig, generate
 from ingest.table import parse_columns, parse_constants
 from shards.console import Parser, UserError, check_out, run_main

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from ingest import archive
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.fastpath import caption_words_arrow, read_twarc2_fast
-from ingest.reader import FormatError, Malformed, Skipped, caption_words, detect_format, read_twarc2
+from ingest.formats import detect_format
+from ingest.reader import FormatError, Malformed, Skipped, caption_words, read_twarc2
 from ingest.synthetic import SyntheticConfig, generate
 from ingest.table import parse_columns
 from shards.schema import read_table

@@ -144,10 +144,10 @@ def test_ding_needs_posts_thirty_days_old(realdata, tmp_path):
 
 
 def test_pairs_through_the_v1_reader(realdata, tmp_path):
-    from ingest.reader import READERS
+    from ingest.formats import READERS
 
     if "v1" not in READERS:
-        pytest.skip("ingest.reader.READERS has no v1 reader yet")
+        pytest.skip("ingest.formats.READERS has no v1 reader yet")
     from ingest.archive import ArchiveConfig, ingest_archive
 
     timeline = tmp_path / "timeline.json"
