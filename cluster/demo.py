@@ -41,7 +41,7 @@ class DemoConfig:
     out: Path = Path("demo")
     """Folder for every stage's output and the report."""
     quick: bool = False
-    """A smaller data set and fewer steps (about a minute)."""
+    """A smaller data set and fewer steps (under two minutes): the smoke run of the test suite."""
     seed: int = 0
     """Seed of the synthetic data and of training."""
     nproc: int = 2
@@ -49,7 +49,7 @@ class DemoConfig:
 
     @property
     def users(self) -> int:
-        return 40 if self.quick else 200
+        return 60 if self.quick else 200
 
     @property
     def tweets_per_user(self) -> int:
@@ -58,11 +58,11 @@ class DemoConfig:
     @property
     def side(self) -> int:
         """Side of the stored and trained images: the subjects' shapes must still read at it."""
-        return 32 if self.quick else 48
+        return 40 if self.quick else 48
 
     @property
     def steps(self) -> int:
-        return 60 if self.quick else 360
+        return 120 if self.quick else 360
 
     @property
     def batch_pairs(self) -> int:

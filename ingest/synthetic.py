@@ -1,8 +1,10 @@
 """The embedded synthetic data set: tweets with procedurally drawn photos of known appeal.
 
-Each image has a latent visual appeal that a convolutional network can learn (colourfulness,
-contrast, brightness and a number of motifs); engagement is user effect × time effect × appeal ×
-noise with heavy-tailed retweets and likes. The archive is written as twarc2 JSONL (raw API v2
+Each image has a latent visual appeal that lies in its content, as IIPA finds for real photos: the
+kind of subject drawn and how many there are. Brightness, colourfulness, contrast and sharpness are
+drawn independently of it, so eval's simple statistics rank near chance and a convolutional network
+has to learn the shapes. Engagement is user effect × time effect × appeal × noise with heavy-tailed
+retweets and likes. The archive is written as twarc2 JSONL (raw API v2
 pages), so it goes through exactly the same `ingest archive` path as real data, and the latent
 appeal is written beside it so the demo can report the oracle's pairwise accuracy.
 """
