@@ -62,7 +62,7 @@ class DemoConfig:
 
     @property
     def steps(self) -> int:
-        return 120 if self.quick else 360
+        return 120 if self.quick else 480
 
     @property
     def batch_pairs(self) -> int:
@@ -89,7 +89,7 @@ def train_under_torchrun(config: DemoConfig, out: Path) -> None:
            "--out", str(out / "run"), "--arch", "resnet18", "--resize", str(config.side), "--crop", str(config.side),
            "--batch-pairs", str(config.batch_pairs), "--lr-backbone", "1e-3", "--lr-head", "1e-3",
            "--lr-decay", "0.3", "--epochs", "5",
-           "--max-steps", str(config.steps), "--val-every", str(config.steps // 5), "--log-every", "10",
+           "--max-steps", str(config.steps), "--val-every", str(config.steps // 4), "--log-every", "10",
            "--seed", str(config.seed), "--backend", "torch", "--threads", "1",
            "--nproc-per-node", str(config.nproc)]
     if subprocess.call(cmd) != 0:
