@@ -28,7 +28,7 @@ def demo_main(argv, prog: str = "iipa demo") -> int:
     p = Parser(prog=prog, description="Run every stage end to end on the embedded synthetic data and "
                                       "report pairwise accuracy beside chance and the oracle.")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
-    p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (about a minute)")
+    p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (under two minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and training")
     p.add_argument("--nproc", type=int, default=2, help="training ranks under torchrun")
     args = p.parse_args(argv)

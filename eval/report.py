@@ -53,8 +53,9 @@ def plot_accuracy(accuracy: dict, path: Path) -> str:
     return _save(fig, path)
 
 
-def plot_curve(run: Path, path: Path) -> str | None:
-    """Validation accuracy against training batches, from the run's metrics.jsonl."""
+def plot_curve(run: Path, path: Path, references: dict[str, float] | None = None) -> str | None:
+    """Validation accuracy against training batches, from the run's metrics.jsonl, with chance
+    and any `references` (label → accuracy, e.g. the oracle) as horizontal lines."""
     points = validation_curve(run)
     if not points:
         return None
@@ -62,6 +63,8 @@ def plot_curve(run: Path, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="validation")
     ax.axhline(0.5, color="grey", linestyle="--", label="chance")
+    for (label, value), colour in zip((references or {}).items(), ("tab:green", "tab:orange", "tab:red")):
+        ax.axhline(value, color=colour, linestyle="-.", label=label)
     ax.set(xlabel="training batches", ylabel="pairwise accuracy", ylim=(0.4, 1.0))
     ax.legend()
     return _save(fig, path)

@@ -1,8 +1,10 @@
 """The embedded synthetic data set: tweets with procedurally drawn photos of known appeal.
 
-Each image has a latent visual appeal that a convolutional network can learn (colourfulness,
-contrast, brightness and a number of motifs); engagement is user effect × time effect × appeal ×
-noise with heavy-tailed retweets and likes. The archive is written as twarc2 JSONL (raw API v2
+Each image has a latent visual appeal that lies in its content, as IIPA finds for real photos: the
+kind of subject drawn and how many there are. Brightness, colourfulness, contrast and sharpness are
+drawn independently of it, so eval's simple statistics rank near chance and a convolutional network
+has to learn the shapes. Engagement is user effect × time effect × appeal × noise with heavy-tailed
+retweets and likes. The archive is written as twarc2 JSONL (raw API v2
 pages), so it goes through exactly the same `ingest archive` path as real data, and the latent
 appeal is written beside it so the demo can report the oracle's pairwise accuracy.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 HASHTAGS = (
     "photography sunset travel nature art food cats dogs city beach mountains flowers "
@@ -50,30 +52,82 @@ class SyntheticConfig:
     """Seed of every random choice: same seed, same bytes."""
 
 
+KINDS = {"star": 1.0, "triangle": 0.35, "square": -0.35, "disc": -1.0}
+"""Subject kinds and the appeal each adds: what is shown matters most."""
+COUNT_APPEAL = -0.6
+"""Appeal added per object beyond two (one to three objects): one clear subject beats clutter."""
+SUBJECT_SHARE = (0.12, 0.18)
+"""Share of the frame the subjects cover together, drawn at random for each image."""
+SUPERSAMPLE = 2  # shapes are drawn at twice the size and scaled down, so their edges are smooth
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    """One colour from the palette every background and every subject draws from alike."""
+    return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.9), rng.uniform(0.25, 0.95)))
+
+
+def _luma(rgb: np.ndarray) -> float:
+    return float(rgb @ np.array([0.299, 0.587, 0.114]))
+
+
+def _outline(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Vertices (2×n) of the kind's shape, turned at random, scaled to unit area."""
+    sides = {"triangle": 3, "square": 4, "star": 10, "disc": 64}[kind]
+    angles = rng.uniform(0, 2 * np.pi) + np.arange(sides) * 2 * np.pi / sides
+    radii = np.where(np.arange(sides) % 2, 0.45, 1.0) if kind == "star" else np.ones(sides)
+    x, y = radii * np.cos(angles), radii * np.sin(angles)
+    area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))  # shoelace
+    return np.stack([x, y]) / np.sqrt(area)
+
+
+def _centres(rng: np.random.Generator, count: int, reach: float, size: float) -> list[np.ndarray]:
+    """Centres of `count` objects reaching `reach` from their centre that neither overlap nor
+    touch the frame's edge."""
+    margin = reach + size / 64
+    while True:
+        centres = [rng.uniform(margin, size - margin, 2) for _ in range(count)]
+        if all(np.hypot(*(a - b)) > 2 * reach for i, a in enumerate(centres) for b in centres[:i]):
+            return centres
+
+
 def draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
     """One photo as an HxWx3 uint8 array and its latent appeal (roughly zero mean, unit scale).
 
-    Appeal rises with saturation and contrast, with motifs, and with brightness near 0.6: global
-    statistics a CNN picks up quickly, plus a local pattern (motifs) that it must find.
+    Appeal is content and composition: which kind of subject is shown (star > triangle > square >
+    disc) and how many of them (one clear subject beats three). Everything a global statistic
+    measures is drawn independently of it: subject and background colours come from one palette,
+    the subjects cover the same share of the frame however many there are, and blur and sensor
+    noise vary at random, so brightness, colourfulness, contrast and sharpness rank pairs near
+    chance and a CNN has to learn shapes and count them.
     """
-    hue, sat, val, contrast = rng.random(4)
-    motifs = int(rng.integers(0, 5))
-    val = 0.25 + 0.7 * val
-    top = np.array(colorsys.hsv_to_rgb(hue, sat, val))
-    bottom = np.array(colorsys.hsv_to_rgb(hue, sat, val * (1 - 0.8 * contrast)))
-    t = np.linspace(0.0, 1.0, size)[:, None, None]
-    img = (1 - t) * top + t * bottom
-    img = np.broadcast_to(img, (size, size, 3)).copy()
-    yy, xx = np.mgrid[0:size, 0:size]
-    motif_rgb = np.array(colorsys.hsv_to_rgb((hue + 0.5) % 1.0, min(1.0, sat + 0.3), 0.95))
-    for _ in range(motifs):
-        cy, cx = rng.integers(size // 8, size - size // 8, 2)
-        r = rng.integers(size // 14, size // 6)
-        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        img[mask] = contrast * motif_rgb + (1 - contrast) * img[mask]
-    img += rng.normal(0, 0.03, img.shape)  # sensor noise, so no two images are alike
-    appeal = 2.0 * (sat - 0.5) + 1.4 * (contrast - 0.5) + 0.35 * (motifs - 2) - 3.0 * abs(val - 0.6)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8), float(appeal + 0.3)
+    kind = str(rng.choice(list(KINDS)))
+    count = int(rng.integers(1, 4))
+    top, bottom = _colour(rng), _colour(rng)
+    while True:  # a subject that stands out from the background, lighter or darker alike
+        subject = _colour(rng)
+        if abs(_luma(subject) - _luma((top + bottom) / 2)) > 0.2:
+            break
+    big = size * SUPERSAMPLE
+    t = np.linspace(0.0, 1.0, big)[:, None, None]
+    if rng.random() < 0.5:
+        t = t.transpose(1, 0, 2)  # the gradient runs down or across
+    background = np.broadcast_to((1 - t) * top + t * bottom, (big, big, 3))
+    canvas = Image.fromarray((background * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    # Each object's side: the subjects' total area is a share of the frame that does not depend on count.
+    scale = np.sqrt(rng.uniform(*SUBJECT_SHARE) / count) * big
+    outlines = [_outline(kind, rng) * scale for _ in range(count)]
+    reach = max(float(np.hypot(*o).max()) for o in outlines)
+    fill = tuple(int(v * 255) for v in subject)
+    for centre, outline in zip(_centres(rng, count, reach, big), outlines):
+        draw.polygon([tuple(p) for p in (outline + centre[:, None]).T.tolist()], fill=fill)
+    canvas = canvas.resize((size, size), Image.Resampling.BOX)
+    canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 2.0) * size / 128))
+    img = np.asarray(canvas, dtype=np.float64) / 255
+    noise = np.exp(rng.uniform(np.log(0.01), np.log(0.1)))
+    img = img + rng.normal(0, noise, img.shape)  # sensor noise, so no two images are alike
+    appeal = KINDS[kind] + COUNT_APPEAL * (count - 2)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8), float(appeal - 0.2)
 
 
 def _caption(rng: np.random.Generator, tags: list[str], mention: str | None) -> str:
