@@ -24,6 +24,10 @@ def test_every_pair_once_and_equal_steps(n_pairs, world_size, batch):
     assert sorted(seen) == list(range(n_pairs))
     assert max(len(x) for b in per_rank for x in b) <= batch
     assert all(len(x) >= 1 for b in per_rank for x in b)
+    # Cut as np.array_split cuts a rank's share, batch for batch.
+    for r, b in enumerate(per_rank):
+        share = order[n_pairs * r // world_size:n_pairs * (r + 1) // world_size]
+        assert [list(x) for x in b] == [list(x) for x in np.array_split(share, len(b))]
 
 
 def test_order_streams_shards_window_by_window():

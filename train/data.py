@@ -17,6 +17,7 @@ import math
 import queue
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,25 @@ def steps_per_epoch(n_pairs: int, world_size: int, batch_pairs: int) -> int:
     return math.ceil(math.ceil(n_pairs / world_size) / batch_pairs)
 
 
-def rank_batches(order: np.ndarray, world: World, batch_pairs: int) -> list[np.ndarray]:
+class Batches(Sequence):
+    """`steps` consecutive slices of `pairs` as np.array_split cuts them (the first ones one longer),
+    made when asked for: at 5 M pairs of 4 a batch, splitting all at once took 2.3 s of start-up."""
+
+    def __init__(self, pairs: np.ndarray, steps: int):
+        self.pairs, self.steps = pairs, steps
+        self.size, self.longer = divmod(len(pairs), steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> np.ndarray:
+        if not 0 <= step < self.steps:
+            raise IndexError(step)
+        start = step * self.size + min(step, self.longer)
+        return self.pairs[start:start + self.size + (step < self.longer)]
+
+
+def rank_batches(order: np.ndarray, world: World, batch_pairs: int) -> Batches:
     """This rank's batches: a contiguous, balanced slice of `order` cut into exactly
     `steps_per_epoch` batches, so no rank waits for another at epoch end and no pair is dropped
     or repeated (the last batches of a smaller share are one pair shorter)."""
@@ -108,7 +127,7 @@ def rank_batches(order: np.ndarray, world: World, batch_pairs: int) -> list[np.n
     start, stop = n * world.rank // size, n * (world.rank + 1) // size
     if stop - start < steps:
         raise UserError(f"{n} pairs are too few for {size} ranks of {batch_pairs} pairs per batch")
-    return np.array_split(order[start:stop], steps)
+    return Batches(order[start:stop], steps)
 
 
 @dataclass
@@ -155,7 +174,7 @@ class PairLoader:
         self.cache = ShardCache(self.index, config.shuffle_shards + 1)
         self.bad_keys: set[str] = set()
 
-    def batches(self, epoch: int) -> list[np.ndarray]:
+    def batches(self, epoch: int) -> Batches:
         if self.train:
             order = epoch_order(self.pairs.shard, epoch, self.seed, self.config.shuffle_shards)
         else:
