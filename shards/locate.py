@@ -110,7 +110,7 @@ class ShardIndex:
         groups, base = [], 0
         for chunk in chunks:
             part = key_parts(chunk, parts)
-            order = np.argsort(part, kind="stable")
+            order = np.argsort(part, kind="stable").astype(np.int32)  # a chunk holds < 2**31 keys; half the memory
             groups.append((chunk, order, np.searchsorted(part[order], np.arange(parts + 1)), base))
             base += len(chunk)
         rows = np.empty(len(keys), dtype=np.int64)
@@ -324,8 +324,10 @@ def _resolve(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:
     hi, lo = rows[:n], rows[n:]
     present = (hi >= 0) & (lo >= 0)
     hi, lo = hi[present], lo[present]
-    # The images these pairs use, in index order, renumbered: linear (bincount), not a sort.
-    used = np.flatnonzero(np.bincount(hi, minlength=len(index)) + np.bincount(lo, minlength=len(index)))
+    # The images these pairs use, in index order, renumbered: linear (a mask), not a sort.
+    in_use = np.zeros(len(index), dtype=bool)
+    in_use[hi] = in_use[lo] = True
+    used = np.flatnonzero(in_use)
     number = np.zeros(len(index), dtype=np.int64)
     number[used] = np.arange(len(used))
     return ResolvedPairs(index.subset(used), number[hi], number[lo], int((~present).sum()))
