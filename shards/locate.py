@@ -236,6 +236,12 @@ def _scan_slices(shards_dir: Path) -> dict:
             "part_bounds": np.searchsorted(part[rows], np.arange(parts + 1))}
 
 
+def string_buffers(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow string array's offsets (this array's slice of them) and UTF-8 bytes, zero-copy."""
+    offsets = np.frombuffer(keys.buffers()[1], OFFSETS[keys.type])[keys.offset:keys.offset + len(keys) + 1]
+    return offsets, np.frombuffer(keys.buffers()[2] or b"", np.uint8)
+
+
 def key_parts(keys: pa.Array | pa.ChunkedArray, parts: int) -> np.ndarray:
     """Each key's partition (0 … parts-1, a power of two): a multiplicative hash of the key's
     length and last 8 bytes, where identifiers differ most. One gather per key, no Python per
@@ -245,8 +251,7 @@ def key_parts(keys: pa.Array | pa.ChunkedArray, parts: int) -> np.ndarray:
         return np.concatenate([key_parts(c, parts) for c in keys.chunks] or [np.empty(0, np.uint16)])
     if parts == 1 or len(keys) == 0:
         return np.zeros(len(keys), dtype=np.uint16)
-    offsets = np.frombuffer(keys.buffers()[1], OFFSETS[keys.type])[keys.offset:keys.offset + len(keys) + 1]
-    data = np.frombuffer(keys.buffers()[2] or b"", np.uint8)
+    offsets, data = string_buffers(keys)
     if len(data) < 8 or offsets[1:].min() < 8:  # a key within the first 8 bytes: 8 bytes of zeros before it
         data, offsets = np.concatenate([np.zeros(8, np.uint8), data]), offsets + 8
     words = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))  # 8 bytes from every offset
@@ -310,8 +315,14 @@ def resolve_in_background(shards_dir: str | Path, pairs_files: list[Path]) -> Fu
     set-up (Python, holding the GIL) overlap the resolution (NumPy and Arrow, releasing it). The
     Future's result is None, or the first error, re-raised where the trainer waits for it."""
     index = ShardIndex(shards_dir)
+
+    def resolve_all() -> None:  # the results are dropped: the trainer maps the caches written
+        for pairs_file in pairs_files:
+            if pairs_file.exists():
+                resolve_pairs(pairs_file, index)
+
     pool = ThreadPoolExecutor(1, thread_name_prefix="resolve-pairs")
-    future = pool.submit(lambda: [resolve_pairs(f, index) for f in pairs_files if f.exists()] and None)
+    future = pool.submit(resolve_all)
     pool.shutdown(wait=False)
     return future
 
@@ -346,10 +357,9 @@ def _fingerprint(shards_dir: Path, *more: Path) -> str:
 def _flat_arrays(index: dict) -> tuple[dict, dict[str, np.ndarray]]:
     """An index's arrays as a JSON header part and flat NumPy arrays (the keys as their Arrow
     offsets and bytes, zero-copy), as `_write_arrays` stores them."""
-    keys = index["key_array"]
-    key_offsets = np.frombuffer(keys.buffers()[1], OFFSETS[keys.type])[keys.offset:keys.offset + len(keys) + 1]
+    key_offsets, key_bytes = string_buffers(index["key_array"])
     return {"shard_names": index["shard_names"].tolist()}, {
-        "key_offsets": key_offsets, "key_bytes": np.frombuffer(keys.buffers()[2] or b"", np.uint8),
+        "key_offsets": key_offsets, "key_bytes": key_bytes,
         "shard": index["shard"], "offsets": index["offsets"], "sizes": index["sizes"],
         "part_bounds": np.asarray(index["part_bounds"], dtype=np.int64)}
 
