@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.console import UserError
-from shards.schema import OK, read_table
+from shards.schema import OK, read_columns, read_table
 
 # Statuses that may pass on another try; `http_5xx` stands for every 5NN (shell-style patterns).
 TRANSIENT = ("timeout", "truncated", "connection_error", "http_429", "http_5xx")
@@ -41,9 +41,9 @@ def plan_retries(out: Path, names: list[str], patterns: tuple[str, ...]) -> list
     """(name, rows of its slice) of each complete shard with rows to retry."""
     jobs = []
     for name in names:
-        rows = read_table(out / f"{name}.parquet", "images")
-        if to_retry(rows.column("status"), patterns).any():
-            jobs.append((name, rows))
+        # The status column decides; a whole slice (captions and all) is read only when it must be rewritten.
+        if to_retry(read_columns(out / f"{name}.parquet", "images", ["status"]).column("status"), patterns).any():
+            jobs.append((name, read_table(out / f"{name}.parquet", "images")))
     return jobs
 
 
