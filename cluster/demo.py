@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from eval.evaluate import EvalConfig, evaluate
 from eval.metrics import accuracy_with_interval, pair_correct
-from eval.report import plot_curve
+from eval.report import plot_run_curve
 from eval.visual import STATS
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.synthetic import SyntheticConfig, generate
@@ -184,8 +184,8 @@ def run_demo(config: DemoConfig) -> dict:
                                          out / "pairs" / "test.parquet")
     versus = comparison(accuracy)
     best = versus["best_statistic"]
-    plot_curve(out / "run", out / "val_curve.png",
-               {"oracle": accuracy["oracle"]["accuracy"], f"best statistic ({best['name']})": best["accuracy"]})
+    plot_run_curve(out / "run", out / "val_curve.png",
+                   {"oracle": accuracy["oracle"]["accuracy"], f"best statistic ({best['name']})": best["accuracy"]})
     summary = {"images": raw["images"], "users": raw["users"],
                "pairs": {s: v["pairs"] for s, v in stats["splits"].items()},
                "accuracy": accuracy, "versus": versus, "seconds": seconds}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from shards.schema import write_json
-from train.metrics import validation_curve
+from train.metrics import plot_curve, validation_curve
 
 LABELS = {"model": "model (this run)", "iipa": "IIPA weights, not fine-tuned", "brightness": "brightness",
           "colourfulness": "colourfulness", "contrast": "contrast", "sharpness": "sharpness", "chance": "chance"}
@@ -53,21 +53,10 @@ def plot_accuracy(accuracy: dict, path: Path) -> str:
     return _save(fig, path)
 
 
-def plot_curve(run: Path, path: Path, references: dict[str, float] | None = None) -> str | None:
-    """Validation accuracy against training batches, from the run's metrics.jsonl, with chance
-    and any `references` (label → accuracy, e.g. the oracle) as horizontal lines."""
+def plot_run_curve(run: Path, path: Path, references: dict[str, float] | None = None) -> str | None:
+    """The run's validation curve (from its metrics.jsonl), with `references` as lines."""
     points = validation_curve(run)
-    if not points:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="validation")
-    ax.axhline(0.5, color="grey", linestyle="--", label="chance")
-    for (label, value), colour in zip((references or {}).items(), ("tab:green", "tab:orange", "tab:red")):
-        ax.axhline(value, color=colour, linestyle="-.", label=label)
-    ax.set(xlabel="training batches", ylabel="pairwise accuracy", ylim=(0.4, 1.0))
-    ax.legend()
-    return _save(fig, path)
+    return plot_curve(points, path, references).name if points else None
 
 
 def plot_scores(series: dict, path: Path) -> str:
@@ -171,7 +160,7 @@ def write_report(report: dict, config, series: dict) -> None:
              "reliability": plot_reliability(report["calibration"], out / "reliability.png")}
     model = str(config.model)
     if not model.startswith("iipa:"):
-        curve = plot_curve(Path(model).parent, out / "val_curve.png")
+        curve = plot_run_curve(Path(model).parent, out / "val_curve.png")
         if curve:
             plots["val_curve"] = curve
     report["plots"] = plots

@@ -63,21 +63,31 @@ def write_curve(run: Path) -> Path | None:
         writer = csv.writer(f)
         writer.writerow(["batches", "val_accuracy"])
         writer.writerows(points)
+    return plot_curve(points, run / "val_curve.png")
+
+
+def plot_curve(points: list[tuple[int, float]], path: Path, references: dict[str, float] | None = None) -> Path:
+    """The one validation-curve plot (the run's, eval's and the demo's): accuracy against training
+    batches, with chance and any `references` (label → accuracy, e.g. the oracle) as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="validation")
     ax.axhline(0.5, color="grey", linestyle="--", label="chance")
-    ax.set(xlabel="training batches", ylabel="validation pairwise accuracy", title="Validation accuracy")
-    ax.set_ylim(0.4, 1.0)
+    for (label, value), colour in zip((references or {}).items(), ("tab:green", "tab:orange", "tab:red")):
+        ax.axhline(value, color=colour, linestyle="-.", label=label)
+    ax.set(xlabel="training batches", ylabel="validation pairwise accuracy", ylim=(0.4, 1.0),
+           title="Validation accuracy")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run / "val_curve.png", dpi=100)
+    tmp = path.with_name(f".{path.stem}.tmp.png")  # a reader never sees half a PNG
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    return run / "val_curve.png"
+    os.replace(tmp, path)
+    return path
 
 
 class AuditLog:
