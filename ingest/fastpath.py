@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from ingest import reader
-from shards.schema import PENDING
+from shards.schema import KEY_JOIN, PENDING
 
 BLOCK_BYTES = 8 << 20
 TS = pa.timestamp("us", tz="UTC")
@@ -237,7 +237,7 @@ def pages_to_rows(pages: pa.Table, fallback, media_types, originals: bool = True
     words = caption_words_arrow(text.take(pa.array(first, pa.int64()))).take(pa.array(per_tweet, pa.int64()))
     when = page_times(pages, fallback).take(pa.array(tweet_page[tweet_idx], pa.int64()))
     return pa.table({
-        "key": pc.binary_join_element_wise(ids, pa.array(index.astype(str)), "_"),
+        "key": pc.binary_join_element_wise(ids, pa.array(index.astype(str)), KEY_JOIN),  # image_key, vectorised
         "tweet_id": ids, "media_key": kept.column("media_key"), "user_id": authors,
         "created_at": created, "collected_at": when, "text": text,
         "hashtags": lower_lists(tag_text), "mentions": lower_lists(mention_text), "caption_words": words,

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from shards.schema import PENDING
+from shards.schema import PENDING, image_key
 
 URL_RE = re.compile(r"https?://\S+")
 TAG_RE = re.compile(r"[#＃]\w+")
@@ -176,7 +176,7 @@ def photo_rows(base: dict, media: list[Medium], skipped: dict[str, int]) -> list
             skipped["duplicate_url"] += len(media) - len(unique)
             media = unique
     base = {**base, "media_count": len(media), "status": PENDING}
-    return [{**base, "key": f"{base['tweet_id']}_{i}", "media_key": m.key, "url": m.url,
+    return [{**base, "key": image_key(base["tweet_id"], i), "media_key": m.key, "url": m.url,
              "orig_width": _dimension(m.width), "orig_height": _dimension(m.height)}
             for i, m in enumerate(media)]
 

@@ -78,6 +78,16 @@ class SchemaError(ValueError):
     """A table does not match its contract (a user's file, or a bug in a writer)."""
 
 
+# A photo's key is its tweet's id and its place among the tweet's photos, joined by KEY_JOIN
+# ("1234567890_0"): derived from the data, so the same on every ingest.
+KEY_JOIN = "_"
+
+
+def image_key(tweet_id: str, index: int) -> str:
+    """The key of the `index`-th photo of tweet `tweet_id`."""
+    return f"{tweet_id}{KEY_JOIN}{index}"
+
+
 # A sample key becomes the tar member names `{key}.jpg` and `{key}.json`: no `/`, `..`, newline
 # or absolute path may reach tar -x or tarfile.extractall, no dot (WebDataset splits a member
 # name at its first dot), and at most 95 characters (a USTAR name holds 100 bytes).
