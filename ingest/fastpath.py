@@ -298,14 +298,12 @@ def _reference(path: Path, first_line: int, block: bytes, fallback, media_types,
     for offset, line in enumerate(block.split(b"\n")):
         if not line.strip():
             continue
-        number, mine = first_line + offset, reader.tally()
-        try:
-            rows = reader.twarc2_page_rows(reader.loads(line), fallback, media_types, originals, mine)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            yield reader.Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
-            continue
-        reader.add_to(skipped, mine)
-        yield from rows
+        rows = reader.record_rows(path, first_line + offset, skipped, lambda mine: reader.twarc2_page_rows(
+            reader.loads(line), fallback, media_types, originals, mine))
+        if isinstance(rows, reader.Malformed):
+            yield rows
+        else:
+            yield from rows
 
 
 def read_twarc2_fast(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,

@@ -41,6 +41,8 @@ LONE_ESCAPE_RE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
 LONE_ESCAPE_BYTES_RE = re.compile(LONE_ESCAPE_RE.pattern.encode())
 ESCAPE_RE = re.compile(r"\\u[dD]")  # the quick look first (a literal prefix: re scans for it fast)
 ESCAPE_BYTES_RE = re.compile(ESCAPE_RE.pattern.encode())
+# What a record's own faults raise while it becomes rows; anything else is a bug and stops the run.
+RECORD_ERRORS = (ValueError, KeyError, TypeError, AttributeError)
 
 
 @dataclass
@@ -255,7 +257,7 @@ def original_rows(fn, skipped: dict[str, int], *args) -> list[dict]:
     mine = tally()
     try:
         rows = fn(*args, mine)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except RECORD_ERRORS:
         skipped["original_incomplete"] += 1
         return []
     add_to(skipped, mine)
@@ -303,22 +305,34 @@ def _per_line(path: Path, rows_of) -> Iterator[dict | Malformed | Skipped]:
     return per_item(path, json_lines(path), rows_of)
 
 
+def record_rows(path: Path, number: int, skipped: dict[str, int], rows_of) -> list[dict] | Malformed:
+    """`rows_of(tally)` for one record, or a `Malformed` naming its fault. The record's skips join
+    `skipped` only when it gave rows: a failed record is counted once, as malformed."""
+    mine = tally()
+    try:
+        rows = rows_of(mine)
+    except RECORD_ERRORS as exc:
+        return Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+    add_to(skipped, mine)
+    return rows
+
+
+def _parsed(obj):
+    if isinstance(obj, Exception):  # the line did not parse: the record's fault, reported as such
+        raise obj
+    return obj
+
+
 def per_item(path: Path, items, rows_of) -> Iterator[dict | Malformed | Skipped]:
     """Apply `rows_of(obj, skipped)` to every (line number, object or parse error); failures become
-    `Malformed`, and what the others skipped is totalled at the end (a failed record's skips are not:
-    it is counted once, as malformed)."""
+    `Malformed`, and what the others skipped is totalled at the end."""
     skipped = tally()
     for number, obj in items:
-        mine = tally()
-        try:
-            if isinstance(obj, Exception):
-                raise obj
-            rows = rows_of(obj, mine)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
-            continue
-        add_to(skipped, mine)
-        yield from rows
+        rows = record_rows(path, number, skipped, lambda mine: rows_of(_parsed(obj), mine))
+        if isinstance(rows, Malformed):
+            yield rows
+        else:
+            yield from rows
     yield from skipped_totals(skipped)
 
 

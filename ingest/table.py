@@ -20,12 +20,12 @@ from ingest.reader import (
     NOT_UTF8_RE,
     Malformed,
     Medium,
-    add_to,
     caption_words,
     file_time,
     is_naive,
     parse_time,
     photo_rows,
+    record_rows,
     skipped_totals,
     tags_in,
     tally,
@@ -203,13 +203,10 @@ def read_table_file(path: Path, collected_at=None, media_types=frozenset({"photo
             if isinstance(record, str):
                 yield Malformed(str(path), number, record)
                 continue
-            mine = tally()
-            try:
-                rows = table_row(record, fields, when, constants, mine)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                yield Malformed(str(path), number, f"{type(exc).__name__}: {exc}")
+            rows = record_rows(path, number, skipped, lambda mine: table_row(record, fields, when, constants, mine))
+            if isinstance(rows, Malformed):
+                yield rows
                 continue
-            add_to(skipped, mine)
             naive += bool(rows) and is_naive(record.get(fields.get("created_at")))
             naive_collected += bool(rows) and is_naive(record.get(fields.get("collected_at")))
             from_file += len(rows) if collected_at is None and not record.get(fields.get("collected_at")) else 0
