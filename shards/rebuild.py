@@ -17,10 +17,10 @@ import pyarrow.compute as pc
 
 from shards.build.build import write_shard
 from shards.console import UserError, check_out
-from shards.build.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
+from shards.build.pool import prepare_out, raise_if_failed, run_shard_jobs, write_manifest
 from shards.build.resize import ResizeConfig, check_resize, resize_image
 from shards.schema import OK, read_table
-from shards.build.writer import is_complete, remove_stale, shard_name
+from shards.build.writer import is_complete, shard_name
 
 log = logging.getLogger("iipa.shards")
 GROUPINGS = ("none", "user")
@@ -152,24 +152,15 @@ def rebuild_shards(config: RebuildConfig) -> dict:
     """Write the new shards (resuming a killed rebuild), then their manifest; return it."""
     validate(config)
     table, jobs = plan_rebuild(config)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"command": "rebuild", "by": config.by, "size": config.size, "source": str(Path(config.shards).resolve())}
-    check_plan(out, config.prefix, table.column("key").to_pylist(), config.shard_size, settings, asdict(config))
-    remove_stale(out, config.prefix)
+    prepare_out(Path(config.out), config.prefix, table.column("key").to_pylist(), config.shard_size, settings,
+                asdict(config))
     log.info("%d rows, %d shards to write", table.num_rows, len(jobs))
-    failed = []
-    if jobs:
-        start_ray(config.ray_address)
-        results = run_pool(RebuildWorker, (config,), "rebuild", jobs, config.workers, config.cpus_per_worker,
-                           config.retries, on_dead=lambda job, err: fail_shard(out, job, "worker_died", err))
-        failed = [r for r in results if "error" in r]
+    failed = [r for r in run_shard_jobs(RebuildWorker, config, "rebuild", jobs) if "error" in r]
     resize = asdict(config.resize) | {"size": config.size} if config.size else _source_resize(config.shards)
-    manifest = write_manifest(out, config.prefix, {"resize": resize, "shard_size": config.shard_size,
-                                                   "by": config.by, "rebuilt_from": str(config.shards)})
-    if failed:
-        raise RuntimeError(f"{len(failed)} shard(s) failed; rerun to resume. First: "
-                           f"{failed[0]['name']}: {failed[0]['error']}")
+    manifest = write_manifest(Path(config.out), config.prefix, {"resize": resize, "shard_size": config.shard_size,
+                                                                "by": config.by, "rebuilt_from": str(config.shards)})
+    raise_if_failed(failed)
     return manifest
 
 

@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 from shards.console import UserError, check_out
 from shards.dali_index import write_index
 from shards.build.fetch import FetchConfig, fetch, http_client, is_x_media, x_variant
-from shards.build.pool import check_plan, fail_shard, run_pool, start_ray, write_manifest
+from shards.build.pool import prepare_out, raise_if_failed, run_pool, run_shard_jobs, start_ray, write_manifest
 from shards.build.resize import ResizeConfig, check_resize, resize_image
 from shards.build.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
 from shards.schema import IMAGES, OK, conform, read_table
-from shards.build.writer import ShardWriter, is_complete, remove_stale, shard_name
+from shards.build.writer import ShardWriter, is_complete, shard_name
 
 log = logging.getLogger("iipa.shards")
 META_COLUMNS = ("key", "tweet_id", "user_id", "created_at", "retweets", "likes")
@@ -220,30 +220,21 @@ def build_shards(config: BuildConfig) -> dict:
     """Build (or resume building) every shard, then the manifest; return the manifest."""
     validate(config)
     table = select_rows(config)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_plan(out, config.prefix, table.column("key").to_pylist(), config.shard_size,
-               {"command": "build", "resize": asdict(config.resize)}, asdict(config))
-    remove_stale(out, config.prefix)
+    prepare_out(Path(config.out), config.prefix, table.column("key").to_pylist(), config.shard_size,
+                {"command": "build", "resize": asdict(config.resize)}, asdict(config))
     jobs = plan(table, config)
     log.info("%d rows in %d shards, %d to build", table.num_rows,
              -(-table.num_rows // config.shard_size), len(jobs))
-    failed, nodes = [], set()
-    if jobs:
-        start_ray(config.ray_address)
-        results = run_pool(ShardWorker, (config,), "build", jobs, config.workers, config.cpus_per_worker,
-                           config.retries, on_dead=lambda job, err: fail_shard(out, job, "worker_died", err))
-        failed = [r for r in results if "error" in r]
-        nodes = {r["node"] for r in results if r.get("node")}
+    results = run_shard_jobs(ShardWorker, config, "build", jobs)
+    failed = [r for r in results if "error" in r]
+    nodes = {r["node"] for r in results if r.get("node")}
     settings = {"resize": asdict(config.resize), "shard_size": config.shard_size,
                 "remote_size": config.fetch.remote_size}
     retried = retry_failed_rows(config, table.num_rows, {name for name, _ in jobs}, settings) if config.retry_failed else []
     failed += [r for r in retried if "error" in r]
-    manifest = write_manifest(out, config.prefix, settings)
+    manifest = write_manifest(Path(config.out), config.prefix, settings)
     if config.retry_failed:
         manifest = {**manifest, "retry": {"shards": len(retried), "rows": sum(r.get("retried", 0) for r in retried),
                                           "recovered": sum(r.get("recovered", 0) for r in retried)}}
-    if failed:
-        raise RuntimeError(f"{len(failed)} shard(s) failed; rerun to resume. First: "
-                           f"{failed[0]['name']}: {failed[0]['error']}")
+    raise_if_failed(failed)
     return {**manifest, "built_on_nodes": sorted(nodes)}

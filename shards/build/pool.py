@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from shards.console import UserError, progress
 from shards.locate import write_locate_file
 from shards.schema import IMAGES, OK, SCHEMA_VERSION, conform, read_table, write_json
-from shards.build.writer import ShardWriter
+from shards.build.writer import ShardWriter, remove_stale
 
 log = logging.getLogger("iipa.shards")
 PLAN_FILE = "plan.json"
@@ -141,6 +141,32 @@ def check_plan(out: Path, prefix: str, keys: list[str], shard_size: int, setting
                             "use a new --out, or delete the folder to start again")
     write_json({"digest": digest, "rows": len(keys), "shard_size": shard_size, **settings,
                 "config": config or {}}, path)
+
+
+def prepare_out(out: Path, prefix: str, keys: list[str], shard_size: int, settings: dict, config: dict) -> None:
+    """Make the output folder, refuse one planned with other inputs or settings, and clear what a
+    killed run left half-written, so the run resumes from its complete shards."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_plan(out, prefix, keys, shard_size, settings, config)
+    remove_stale(out, prefix)
+
+
+def run_shard_jobs(actor_cls, config, method: str, jobs: list[tuple[str, pa.Table]]) -> list[dict]:
+    """Each job's result from `config.workers` Ray actors of `actor_cls(config)` (Ray is started
+    only when there is work); a shard whose worker keeps dying is written as failed."""
+    if not jobs:
+        return []
+    start_ray(config.ray_address)
+    out = Path(config.out)
+    return run_pool(actor_cls, (config,), method, jobs, config.workers, config.cpus_per_worker, config.retries,
+                    on_dead=lambda job, err: fail_shard(out, job, "worker_died", err))
+
+
+def raise_if_failed(failed: list[dict]) -> None:
+    """After the manifest is written: a run with failed shards ends in an error naming the first."""
+    if failed:
+        raise RuntimeError(f"{len(failed)} shard(s) failed; rerun to resume. First: "
+                           f"{failed[0]['name']}: {failed[0]['error']}")
 
 
 def shard_summary(slice_path: Path) -> dict:
