@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +31,7 @@ from train.checkpoint import load_matching, model_meta, read_weights
 from train.config import DataConfig
 from train.decode import make_decoder
 from train.model import build_model
+from shards.atomic import atomic_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 log = logging.getLogger("iipa.score")
@@ -229,13 +229,11 @@ def write_scores(table: pa.Table, out: Path) -> Path:
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise UserError(f"--out {out}: expected a .csv or .parquet file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if suffix == ".csv":
-        pcsv.write_csv(table, tmp)
-    else:
-        pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        if suffix == ".csv":
+            pcsv.write_csv(table, tmp)
+        else:
+            pq.write_table(table, tmp)
     return out
 
 

@@ -10,7 +10,6 @@ Distinct users are counted the same way, through a second spill partitioned by u
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from ingest.reader import Counted, FormatError, Malformed, Skipped, parse_time
 from ingest.spill import SEQ, Spill, kept_rows, read_columns, regroup, winners
 from shards.console import progress
 from shards.schema import IMAGES, conform, write_json
+from shards.atomic import atomic_path
 
 log = logging.getLogger("iipa.ingest")
 BATCH_ROWS = 50_000
@@ -201,20 +201,18 @@ def distinct(spill: Spill, column: str) -> int:
 
 def merge(spill: Spill, out: Path, scratch: Path) -> dict:
     """Deduplicate each partition and append it to the Parquet output (renamed when complete)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     schema = conform(IMAGES.empty_table(), IMAGES, "images").schema
     counts = {"images": 0, "tweets": 0}
     users = Spill(scratch / "users", spill.parts, USER_IDS, by="user_id")
     # Dictionary pages only where values repeat: for unique strings they cost time and save nothing.
     repeats = ["user_id", "collected_at", "hashtags", "mentions", "caption_words", "media_count", "status"]
-    with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=repeats) as writer:
-        for table in regroup(deduplicated(spill, users, counts), ROW_GROUP_ROWS):
-            writer.write_table(conform(table, IMAGES, "images"))
-            counts["images"] += table.num_rows
-    users.close()
-    counts["users"] = distinct(users, "user_id")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=repeats) as writer:
+            for table in regroup(deduplicated(spill, users, counts), ROW_GROUP_ROWS):
+                writer.write_table(conform(table, IMAGES, "images"))
+                counts["images"] += table.num_rows
+        users.close()
+        counts["users"] = distinct(users, "user_id")
     return counts
 
 

@@ -7,11 +7,13 @@ calling `wds2idx`, which shells out to GNU tar twice per shard.
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 import os
 import tarfile
 from pathlib import Path
 
 from shards.console import UserError, progress
+from shards.atomic import atomic_path
 
 VERSION = "v1.2"
 
@@ -52,9 +54,8 @@ def index_text(members: list[tuple[str, int, int]]) -> str:
 def write_index(tar_path: Path) -> Path:
     """Write (or write again) one tar's `{name}.idx`, atomically."""
     idx = tar_path.with_suffix(".idx")
-    tmp = idx.with_name(f".{idx.name}.tmp")
-    tmp.write_text(index_text(tar_members(tar_path)))
-    os.replace(tmp, idx)
+    with atomic_path(idx) as tmp:
+        tmp.write_text(index_text(tar_members(tar_path)))
     return idx
 
 
@@ -69,17 +70,10 @@ def index_shards(shards_dir: str | os.PathLike) -> list[Path]:
     tars = sorted(p for p in folder.glob("*.tar") if not p.name.startswith("."))
     if not tars:
         raise UserError(f"{folder}: no shards (.tar files) here")
-    written: list[tuple[Path, Path]] = []
-    try:
+    written: list[Path] = []
+    with ExitStack() as pending:  # renames every index on success, removes every temporary on error
         for tar in progress(tars, desc="index", unit="shard"):
             idx = tar.with_suffix(".idx")
-            tmp = idx.with_name(f".{idx.name}.tmp")
-            tmp.write_text(index_text(tar_members(tar)))
-            written.append((tmp, idx))
-    except BaseException:
-        for tmp, _ in written:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, idx in written:
-        os.replace(tmp, idx)
-    return [idx for _, idx in written]
+            pending.enter_context(atomic_path(idx)).write_text(index_text(tar_members(tar)))
+            written.append(idx)
+    return written

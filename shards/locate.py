@@ -27,6 +27,7 @@ import pyarrow.dataset as ds
 
 from shards.console import UserError
 from shards.schema import OK, check_version, parquet_files, read_columns
+from shards.atomic import atomic_path
 
 log = logging.getLogger("iipa.shards")
 
@@ -384,13 +385,11 @@ def _write_arrays(path: Path, header: dict, arrays: dict[str, np.ndarray]) -> No
         position += -(-a.nbytes // 64) * 64
     line = json.dumps({**header, "arrays": layout}).encode() + b"\n"
     start = -(-len(line) // 64) * 64
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path, tag=str(os.getpid())) as tmp, open(tmp, "wb") as f:
         f.write(line.ljust(start, b" "))
         for name, a in arrays.items():
             f.seek(start + layout[name]["offset"])
             f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
-    os.replace(tmp, path)
 
 
 def _map_arrays(path: Path, fingerprint: str) -> tuple[dict, dict[str, np.ndarray]] | None:

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from shards.atomic import atomic_path
+
 SCHEMA_VERSION = 1
 VERSION_KEY = b"iipa.schema"
 
@@ -147,10 +149,8 @@ def write_table(table: pa.Table, path: str | os.PathLike, kind: str) -> Path:
     """Validate `table` against the `kind` contract and write it atomically (tmp, then rename)."""
     table = conform(table, SCHEMAS[kind], kind)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
 
 
@@ -190,10 +190,8 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
 def write_json(obj, path: str | os.PathLike) -> Path:
     """Write JSON atomically, so a reader never sees half a manifest."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     return path
 
 

@@ -13,7 +13,6 @@ as tensors, numbers and strings too.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
@@ -25,15 +24,15 @@ import torch
 
 from shards.console import UserError
 from train.config import TrainConfig
+from shards.atomic import atomic_path
 
 # IIPA's released test script feeds a 224×224 resize, scaled to [0, 1], with no mean/std.
 IIPA_PREPROCESS = {"resize": 224, "crop": 224, "mode": "squash", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def plain_state_dict(model: torch.nn.Module) -> dict:
@@ -53,9 +52,8 @@ def save_model(model: torch.nn.Module, config: TrainConfig, out: Path, step: int
     out.mkdir(parents=True, exist_ok=True)
     _atomic_save(plain_state_dict(model), out / "model.pth")
     meta = {"arch": config.model.arch, "step": step, "preprocess": preprocessing(config)}
-    tmp = out / ".model.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / "model.json")
+    with atomic_path(out / "model.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return out / "model.pth"
 
 

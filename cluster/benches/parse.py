@@ -22,6 +22,7 @@ from itertools import islice
 from pathlib import Path
 
 from cluster.bench import BenchConfig, peak_rss_mb, run_isolated
+from shards.atomic import atomic_path
 
 FORMATS = ("twarc2", "v2", "v1", "account", "table")
 PAGE = 100
@@ -158,9 +159,8 @@ def generate(folder: Path, tweets: int, seed: int = 0) -> dict[str, Path]:
 def first_pages(archive: Path, out: Path, tweets: int) -> Path:
     """A smaller twarc2 archive: the first pages of `archive`, holding `tweets` tweets."""
     if not out.exists():
-        with open(archive, "rb") as src, open(out.with_suffix(".tmp"), "wb") as dst:
+        with atomic_path(out) as tmp, open(archive, "rb") as src, open(tmp, "wb") as dst:
             dst.writelines(islice(src, tweets // PAGE))
-        out.with_suffix(".tmp").rename(out)
     return out
 
 

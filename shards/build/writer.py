@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.schema import IMAGES, check_key, conform
+from shards.atomic import atomic_path
 
 
 def shard_name(prefix: str, shard_id: int) -> str:
@@ -73,9 +74,8 @@ class ShardWriter:
         self.tar.close()
         os.replace(self.tmp, self.out / f"{self.name}.tar")
         path = self.out / f"{self.name}.parquet"
-        tmp = self.out / f".{self.name}.parquet.{self.tag}.tmp"
-        pq.write_table(conform(rows, IMAGES, self.name), tmp, compression="zstd")
-        os.replace(tmp, path)
+        with atomic_path(path, tag=self.tag) as tmp:
+            pq.write_table(conform(rows, IMAGES, self.name), tmp, compression="zstd")
         return path
 
     def abort(self) -> None:
