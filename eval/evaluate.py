@@ -23,6 +23,7 @@ from eval.metrics import (accuracy_with_interval, activity_buckets, grouped_accu
                           reliability, spearman, user_centred_correlation)
 from eval.score import Scorer
 from eval.visual import STATS, face_detector, image_stats
+from shards.atomic import atomic_path
 from shards.console import UserError, check_out, progress
 from shards.locate import ShardIndex
 from shards.schema import parquet_files, read_table
@@ -221,12 +222,10 @@ def bias_section(pairs: Pairs, images: dict, measured: dict, correct_model: np.n
 
 def write_image_scores(images: dict, measured: dict, path: Path) -> None:
     """REPORT/scores.parquet: per image its user, log popularity, every score and statistic."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"key": images["key"].astype(str), "user_id": images["user"].astype(str),
                       "log_pop": images["log_pop"], **measured})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def evaluate(config: EvalConfig) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.atomic import atomic_path
 from shards.schema import write_json
 from train.metrics import plot_curve, validation_curve
 
@@ -29,11 +30,10 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> str:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # the temp name has no .png to tell matplotlib
     _pyplot().close(fig)
-    tmp.replace(path)
     return path.name
 
 
@@ -188,6 +188,5 @@ def write_report(report: dict, config, series: dict) -> None:
         "## Plots", "", "![score distributions](scores.png)", "",
         *(["![validation accuracy against training batches](val_curve.png)", ""] if "val_curve" in plots else []),
     ]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(text))
-    tmp.replace(out / "report.md")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(text))

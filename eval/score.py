@@ -25,13 +25,13 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
 
+from shards.atomic import atomic_path
 from shards.console import UserError, check_out, progress
 from shards.build.resize import ResizeConfig, image_error, resize_image
 from train.checkpoint import load_matching, model_meta, read_weights
 from train.config import DataConfig
 from train.decode import make_decoder
 from train.model import build_model
-from shards.atomic import atomic_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 log = logging.getLogger("iipa.score")

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 from ingest.formats import READERS, detect_format
 from ingest.reader import Counted, FormatError, Malformed, Skipped, parse_time
 from ingest.spill import SEQ, Spill, kept_rows, read_columns, regroup, winners
+from shards.atomic import atomic_path
 from shards.console import progress
 from shards.schema import IMAGES, conform, write_json
-from shards.atomic import atomic_path
 
 log = logging.getLogger("iipa.ingest")
 BATCH_ROWS = 50_000

@@ -22,9 +22,9 @@ import numpy as np
 
 import torch
 
+from shards.atomic import atomic_path
 from shards.console import UserError
 from train.config import TrainConfig
-from shards.atomic import atomic_path
 
 # IIPA's released test script feeds a 224×224 resize, scaled to [0, 1], with no mean/std.
 IIPA_PREPROCESS = {"resize": 224, "crop": 224, "mode": "squash", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+from shards.atomic import atomic_path
+
 
 class MetricsLog:
     """Appends one JSON object per line to RUN/metrics.jsonl; silent on ranks other than 0."""
@@ -83,10 +85,9 @@ def plot_curve(points: list[tuple[int, float]], path: Path, references: dict[str
            title="Validation accuracy")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")  # a reader never sees half a PNG
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # the temp name has no .png to tell matplotlib
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

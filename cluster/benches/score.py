@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from cluster.bench import BenchConfig, run_isolated
+from shards.atomic import atomic_path
 
 
 def make_folder(folder: Path, count: int) -> list[Path]:
@@ -33,9 +34,8 @@ def make_folder(folder: Path, count: int) -> list[Path]:
                 img = Image.fromarray(np.ascontiguousarray(np.asarray(img)[:, ::-1]))
             out = io.BytesIO()
             img.save(out, format="JPEG", quality=90)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(out.getvalue())
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(out.getvalue())
         paths.append(path)
     return paths
 
@@ -54,9 +54,8 @@ def make_model(folder: Path, arch: str) -> str:
 
         torch.manual_seed(0)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(build_model(arch).state_dict(), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(build_model(arch).state_dict(), tmp)
     if arch == "resnet50":
         return f"iipa:{path}"
     run = folder / f"run-{arch}"
