@@ -12,7 +12,7 @@ import numpy as np
 
 from shards.atomic import atomic_path
 from shards.schema import write_json
-from train.metrics import plot_curve, validation_curve
+from train.metrics import plot_curve, save_figure, validation_curve
 
 LABELS = {"model": "model (this run)", "iipa": "IIPA weights, not fine-tuned", "brightness": "brightness",
           "colourfulness": "colourfulness", "contrast": "contrast", "sharpness": "sharpness", "chance": "chance"}
@@ -30,11 +30,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> str:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")  # the temp name has no .png to tell matplotlib
-    _pyplot().close(fig)
-    return path.name
+    return save_figure(fig, path).name
 
 
 def plot_accuracy(accuracy: dict, path: Path) -> str:

@@ -7,13 +7,13 @@ calling `wds2idx`, which shells out to GNU tar twice per shard.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
 import os
+from contextlib import ExitStack
 import tarfile
 from pathlib import Path
 
-from shards.console import UserError, progress
 from shards.atomic import atomic_path
+from shards.console import UserError, progress
 
 VERSION = "v1.2"
 

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from shards.atomic import atomic_path
 from shards.console import UserError
 from shards.schema import OK, check_version, parquet_files, read_columns
-from shards.atomic import atomic_path
 
 log = logging.getLogger("iipa.shards")
 

@@ -24,6 +24,7 @@ import torch
 
 from shards.atomic import atomic_path
 from shards.console import UserError
+from shards.schema import write_json
 from train.config import TrainConfig
 
 # IIPA's released test script feeds a 224×224 resize, scaled to [0, 1], with no mean/std.
@@ -52,8 +53,7 @@ def save_model(model: torch.nn.Module, config: TrainConfig, out: Path, step: int
     out.mkdir(parents=True, exist_ok=True)
     _atomic_save(plain_state_dict(model), out / "model.pth")
     meta = {"arch": config.model.arch, "step": step, "preprocess": preprocessing(config)}
-    with atomic_path(out / "model.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(meta, out / "model.json")
     return out / "model.pth"
 
 

@@ -84,6 +84,13 @@ def plot_curve(points: list[tuple[int, float]], path: Path, references: dict[str
     ax.set(xlabel="training batches", ylabel="validation pairwise accuracy", ylim=(0.4, 1.0),
            title="Validation accuracy")
     ax.legend()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write atomically as PNG, and free a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")  # the temp name has no .png to tell matplotlib

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.schema import IMAGES, check_key, conform
 from shards.atomic import atomic_path
+from shards.schema import IMAGES, check_key, conform
 
 
 def shard_name(prefix: str, shard_id: int) -> str:
