@@ -2,14 +2,19 @@
 
 This package imports nothing else of iipa; every other stage builds on it.
 """
-from shards.build import BuildConfig, build_shards
-from shards.dali_index import index_shards
-from shards.locate import ShardIndex
-from shards.pairs import PairsConfig, build_pairs
-from shards.rebuild import RebuildConfig, rebuild_shards
-from shards.schema import IMAGES, PAIRS, SCHEMA_VERSION, read_table, write_table
-from shards.verify import shard_stats, verify_shards
+from importlib import import_module
 
-__all__ = ["BuildConfig", "build_shards", "index_shards", "ShardIndex", "PairsConfig", "build_pairs",
-           "RebuildConfig", "rebuild_shards", "IMAGES", "PAIRS", "SCHEMA_VERSION", "read_table", "write_table",
-           "shard_stats", "verify_shards"]
+# Each public name and its module, imported on first use: every command line imports
+# shards.console, and its --help must not wait for the download pipeline and the pair builder.
+_HOMES = {"BuildConfig": "shards.build", "build_shards": "shards.build", "index_shards": "shards.dali_index",
+          "ShardIndex": "shards.locate", "PairsConfig": "shards.pairs", "build_pairs": "shards.pairs",
+          "RebuildConfig": "shards.rebuild", "rebuild_shards": "shards.rebuild", "IMAGES": "shards.schema",
+          "PAIRS": "shards.schema", "SCHEMA_VERSION": "shards.schema", "read_table": "shards.schema",
+          "write_table": "shards.schema", "shard_stats": "shards.verify", "verify_shards": "shards.verify"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'shards' has no attribute {name!r}")
