@@ -18,53 +18,23 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from shards.console import EXIT_USAGE, PROGRESS, WORKER_ERRORS, Parser, UserError, check_out, run_main
+from shards.flags import ConfigFlags, Flag
 from train.config import ARCHS, BACKEND_NAMES, DECODE_DEVICES, PRECISIONS, TrainConfig
 
-# flag → (section, field); each flag overrides the YAML file, which overrides the defaults.
-FLAGS = {
-    "shards": ("data", "shards"), "pairs": ("data", "pairs"), "backend": ("data", "backend"),
-    "decode_device": ("data", "decode_device"), "resize": ("data", "resize"), "crop": ("data", "crop"),
-    "threads": ("data", "threads"), "lr_backbone": ("optim", "lr_backbone"), "lr_head": ("optim", "lr_head"),
-    "weight_decay": ("optim", "weight_decay"), "lr_decay": ("optim", "lr_decay"), "arch": ("model", "arch"),
-    "init": ("model", "init"), "out": ("run", "out"), "epochs": ("run", "epochs"), "max_steps": ("run", "max_steps"),
-    "batch_pairs": ("run", "batch_pairs"), "val_every": ("run", "val_every"), "ckpt_every": ("run", "ckpt_every"),
-    "log_every": ("run", "log_every"), "seed": ("run", "seed"), "precision": ("run", "precision"),
-    "compile": ("run", "compile"), "audit": ("run", "audit"),
-}
+# Every field of TrainConfig is a flag of the same name (its sections flattened); these only
+# list the allowed values in --help (validate checks every value, from a flag or a file alike).
+FLAGS = {"model.arch": Flag(choices=ARCHS), "run.precision": Flag(choices=PRECISIONS),
+         "data.decode_device": Flag(choices=DECODE_DEVICES)}
 
 
 def build_parser(prog: str = "iipa train") -> Parser:
     p = Parser(prog=prog, description="Train the shared-weight ResNet pair ranker on shard-streamed PDIPs "
-                                      "(one CPU, one GPU, or many nodes under torchrun).")
+                                      "(one CPU, one GPU, or many nodes under torchrun). Flags override "
+                                      "the --config file, which overrides the defaults.")
     p.add_argument("--config", type=Path, help="YAML file with sections data, optim, model, run")
-    p.add_argument("--shards", type=Path, help="shards folder")
-    p.add_argument("--pairs", type=Path, help="pairs folder (train.parquet, val.parquet)")
-    p.add_argument("--out", type=Path, help="run folder")
-    p.add_argument("--arch", choices=ARCHS, help="torchvision ResNet (default resnet50)")
-    p.add_argument("--init", help="random, imagenet:PATH, iipa:PATH or an earlier RUN folder")
-    p.add_argument("--backend", help="decoding backend: auto (DALI, then nvJPEG on a GPU; Pillow on the CPU), "
-                                      "dali, nvjpeg, torch")
-    p.add_argument("--decode-device", choices=DECODE_DEVICES, help="where DALI decodes")
-    p.add_argument("--resize", type=int, help="shorter side after resizing (default 256)")
-    p.add_argument("--crop", type=int, help="square crop fed to the model (default 224)")
-    p.add_argument("--threads", type=int, help="decoding threads per rank")
-    p.add_argument("--epochs", type=int, help="passes over the training pairs")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps")
-    p.add_argument("--batch-pairs", type=int, help="pairs per step per rank (default 64)")
-    p.add_argument("--lr-backbone", type=float, help="learning rate of the backbone (default 1e-5)")
-    p.add_argument("--lr-head", type=float, help="learning rate of the head (default 1e-4)")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 1e-4)")
-    p.add_argument("--lr-decay", type=float, help="learning-rate factor per epoch (default 0.95)")
-    p.add_argument("--val-every", type=int, help="validate every N steps")
-    p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps")
-    p.add_argument("--log-every", type=int, help="log training metrics every N steps")
-    p.add_argument("--seed", type=int, help="seed of data order, swaps and initialisation")
-    p.add_argument("--precision", choices=PRECISIONS, help="autocast precision")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--audit", action="store_true", default=None,
-                   help="record pair ids per step and a final parameter digest per rank (RUN/audit/)")
+    ConfigFlags(TrainConfig, FLAGS).add_to(p)
     p.add_argument("--nproc-per-node", type=int, help="launch this many ranks under torchrun --standalone")
-    p.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts after a rank dies")
+    p.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts after a rank dies (default 0)")
     return p
 
 
@@ -73,32 +43,32 @@ def check_train_args(argv: list[str], prog: str) -> None:
     resolve_config(build_parser(prog).parse_args(argv), files=False)
 
 
-def resolve_config(args, files: bool = True) -> TrainConfig:
-    raw = {}
-    if args.config:
-        import yaml
+def read_config_file(path: Path) -> TrainConfig:
+    """A YAML --config file as a TrainConfig (its missing options at their defaults)."""
+    import yaml
 
-        if not args.config.is_file():
-            raise UserError(f"{args.config}: no such config file")
-        try:
-            raw = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{args.config}: not UTF-8 text (byte {exc.start})") from None
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            raise UserError(f"{args.config}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{args.config}: expected sections (data, optim, model, run) as a mapping, "
-                            f"found a {type(raw).__name__}")
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
     try:
-        config = TrainConfig.from_dict(raw)
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise UserError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected sections (data, optim, model, run) as a mapping, "
+                        f"found a {type(raw).__name__}")
+    try:
+        return TrainConfig.from_dict(raw)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"{args.config}: {exc}") from exc
-    for flag, (section, name) in FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(getattr(config, section), name, value)
+        raise UserError(f"{path}: {exc}") from exc
+
+
+def resolve_config(args, files: bool = True) -> TrainConfig:
+    base = read_config_file(args.config) if args.config else TrainConfig()
+    config = ConfigFlags(TrainConfig, FLAGS).build(args, base=base)
     validate(config, args.nproc_per_node, args.max_restarts, files)
     return config
 
@@ -197,11 +167,16 @@ def die_with_parent(libc=None) -> None:
         pass
 
 
-def launch_torchrun(args, argv: list[str], prog: str) -> int:
-    """Re-run this command as `torchrun --standalone --nproc-per-node N -m train …` and wait."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
-           f"--max-restarts={args.max_restarts}", "-m", "train", *argv]
-    return supervise(cmd, {**os.environ, RUN_LOCK: "held"}, prog)
+def launch_torchrun(config: TrainConfig, nproc_per_node: int, max_restarts: int, prog: str) -> int:
+    """Run `config` as `torchrun --standalone --nproc-per-node N -m train --config FILE` and wait:
+    FILE holds the config resolved here (JSON, which YAML reads), so every rank trains on the
+    same options however they were given."""
+    with tempfile.TemporaryDirectory(prefix="iipa-config-") as tmp:
+        path = Path(tmp) / "train.yaml"
+        path.write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+               f"--max-restarts={max_restarts}", "-m", "train", "--config", str(path)]
+        return supervise(cmd, {**os.environ, RUN_LOCK: "held"}, prog)
 
 
 def supervise(cmd: list[str], env: dict[str, str], prog: str) -> int:
@@ -259,32 +234,35 @@ def relay_stderr(stream, errors: Path) -> None:
             sys.stderr.write(chunk.decode(errors="replace"))
 
 
+def run_training(config: TrainConfig, nproc_per_node: int | None = None, max_restarts: int = 0,
+                 prog: str = "iipa train") -> int:
+    """Train with a checked config: as this process (or as one rank, under torchrun), or as
+    `nproc_per_node` ranks under torchrun --standalone. The demo and benches call it too."""
+    under_torchrun = "RANK" in os.environ
+    if under_torchrun:
+        die_with_parent()  # no rank outlives its torchrun
+    # One trainer per run folder: this process holds the lock unless it is a rank whose
+    # launcher holds it (or, under a torchrun started by hand, any rank but rank 0).
+    locks = not under_torchrun or (os.environ.get(RUN_LOCK) is None and os.environ["RANK"] == "0")
+    with run_lock(Path(config.run.out)) if locks else nullcontext():
+        if nproc_per_node and not under_torchrun:
+            return launch_torchrun(config, nproc_per_node, max_restarts, prog)
+        resolving = None
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # one rank a node resolves; the others map its caches
+            from shards.locate import resolve_in_background
+
+            pairs = Path(config.data.pairs)
+            resolving = resolve_in_background(config.data.shards, [pairs / "train.parquet", pairs / "val.parquet"])
+        from train.loop import train  # imports torch while the pairs resolve
+
+        result = train(config, resolving)
+        if result.get("rank", 0) == 0:
+            print(json.dumps(result))
+        return 0
+
+
 def main(argv=None, prog: str = "iipa train") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
-
-    def handler(args) -> int:
-        config = resolve_config(args)
-        under_torchrun = "RANK" in os.environ
-        if under_torchrun:
-            die_with_parent()  # no rank outlives its torchrun
-        # One trainer per run folder: this process holds the lock unless it is a rank whose
-        # launcher holds it (or, under a torchrun started by hand, any rank but rank 0).
-        locks = not under_torchrun or (os.environ.get(RUN_LOCK) is None and os.environ["RANK"] == "0")
-        with run_lock(Path(config.run.out)) if locks else nullcontext():
-            if args.nproc_per_node and not under_torchrun:
-                return launch_torchrun(args, argv, prog)
-            resolving = None
-            if os.environ.get("LOCAL_RANK", "0") == "0":  # one rank a node resolves; the others map its caches
-                from shards.locate import resolve_in_background
-
-                pairs = Path(config.data.pairs)
-                resolving = resolve_in_background(config.data.shards, [pairs / "train.parquet", pairs / "val.parquet"])
-            from train.loop import train  # imports torch while the pairs resolve
-
-            result = train(config, resolving)
-            if result.get("rank", 0) == 0:
-                print(json.dumps(result))
-            return 0
-
-    return run_main(handler, args, prog)
+    return run_main(lambda args: run_training(resolve_config(args), args.nproc_per_node, args.max_restarts, prog),
+                    args, prog)

@@ -11,7 +11,7 @@ import torch
 from cluster.bench import BenchConfig
 from cluster.benches.loader import model_rate
 from cluster.benches.trainset import make_trainset
-from train.config import TrainConfig
+from train.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from train.decode import BACKENDS
 from train.loop import train
 
@@ -21,12 +21,12 @@ def trainer_rate(workdir, backend: str, batch_pairs: int, steps: int, arch: str 
     """The real trainer for `steps` timed steps (after one of warm-up) on WORKDIR/{shards,pairs}."""
     out = (run_dir or workdir) / f"run-{backend}-{batch_pairs}{'-compiled' if compile else ''}"
     shutil.rmtree(out, ignore_errors=True)
-    config = TrainConfig.from_dict({
-        "data": {"shards": str(workdir / "shards"), "pairs": str(workdir / "pairs"), "backend": backend,
-                 "threads": max(2, torch.get_num_threads()), "crop": crop, "resize": resize},
-        "model": {"arch": arch},
-        "run": {"out": str(out), "batch_pairs": batch_pairs, "max_steps": steps + 1, "log_every": 1,
-                "val_every": 10 ** 9, "ckpt_every": 10 ** 9, "compile": compile}})
+    config = TrainConfig(
+        data=DataConfig(shards=workdir / "shards", pairs=workdir / "pairs", backend=backend,
+                        threads=max(2, torch.get_num_threads()), crop=crop, resize=resize),
+        model=ModelConfig(arch=arch),
+        run=RunConfig(out=out, batch_pairs=batch_pairs, max_steps=steps + 1, log_every=1, val_every=10 ** 9,
+                      ckpt_every=10 ** 9, compile=compile))
     train(config)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "time/step" in r][1:]  # the first step pays for warm-up
