@@ -54,7 +54,7 @@ class PairsConfig:
     one_pair_per_image: bool = False
     """ding: each image in at most one pair."""
     max_pairs_per_user: int | None = 1000
-    """Cap per user, so prolific users do not dominate (None: no cap)."""
+    """Cap per user, so prolific users do not dominate (None, or 0 on the command line: no cap)."""
     all_candidates: bool = False
     """Emit every pair that passes the rules (no cap, no one-per-image draw)."""
     split: str = "user"
