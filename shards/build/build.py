@@ -56,7 +56,7 @@ class BuildConfig:
     retries: int = 1
     """Times a shard is retried on a fresh actor after its actor died (a crash in a decoder)."""
     retry_failed: bool = False
-    """Also fetch again the rows of finished shards whose status is one of `retry_statuses`."""
+    """Also fetch again the rows of finished shards whose status is one of the statuses to retry."""
     retry_statuses: tuple[str, ...] = TRANSIENT
     """Statuses worth another try (`http_5xx`: every 5NN)."""
     fetch: FetchConfig = field(default_factory=FetchConfig)

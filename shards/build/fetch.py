@@ -61,7 +61,7 @@ class FetchConfig:
     """Hosts that serve X's size variants (`name=`): X's media hosts, or a mirror of them."""
     remote_size: str | None = "auto"
     """Size variant asked of X's media hosts (`name=`), so we never fetch more pixels than we keep:
-    `auto` picks per photo (x_variant), a name forces it, None asks for the original."""
+    `auto` picks per photo (x_variant), a name forces it, None ('' on the command line) asks for the original."""
 
 
 @dataclass
