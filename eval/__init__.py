@@ -4,8 +4,8 @@ from importlib import import_module
 
 # Each public name and its module, imported on first use: these modules import torch, and
 # `iipa eval --help` must not.
-_HOMES = {"EvalConfig": "eval.evaluate", "evaluate": "eval.evaluate", "accuracy_with_interval": "eval.metrics",
-          "pair_correct": "eval.metrics", "ScoreConfig": "eval.score", "Scorer": "eval.score",
+_HOMES = {"EvalConfig": "eval.config", "evaluate": "eval.evaluate", "accuracy_with_interval": "eval.metrics",
+          "pair_correct": "eval.metrics", "ScoreConfig": "eval.config", "Scorer": "eval.score",
           "score_images": "eval.score"}
 __all__ = sorted(_HOMES)
 

@@ -3,42 +3,32 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+from eval.config import EvalConfig, ScoreConfig
 from shards.console import Parser, run_main
+from shards.flags import ConfigFlags, Flag
 
 # eval.evaluate and eval.score import torch: only a command that runs imports them, so that
 # --help and argument errors answer at once.
 
 
+# Every field of EvalConfig and ScoreConfig is a flag of the same name; these depart from that.
+EVAL_FLAGS = {"iipa": Flag(metavar="PATH")}
+SCORE_FLAGS = {"inputs": Flag(positional="*", metavar="images")}
+
+
 def eval_parser(prog: str) -> Parser:
     p = Parser(prog=prog, description="Pairwise accuracy of a model on a pair manifest with baselines, "
                                       "correlation, calibration and a bias check, as a report.")
-    p.add_argument("--model", required=True, help="a run's model.pth (model.json beside it) or iipa:PATH")
-    p.add_argument("--shards", required=True, type=Path, help="shards folder with the pairs' images")
-    p.add_argument("--pairs", required=True, type=Path,
-                   help="pair manifest (e.g. PAIRS/test.parquet), or a pairs folder (each file a split)")
-    p.add_argument("--out", required=True, type=Path, help="report folder")
-    p.add_argument("--iipa", metavar="PATH", help="IIPA's released weights, scored as a baseline without fine-tuning")
-    p.add_argument("--images", type=Path, help="images table for user activity (default: the shards' table)")
-    p.add_argument("--backend", default="auto",
-                   help="decoding: auto (Pillow on the CPU, DALI or nvJPEG on a GPU), torch, dali, nvjpeg")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    p.add_argument("--no-faces", action="store_true", help="skip the face detector")
-    p.add_argument("--threads", type=int, default=2, help="decoding threads")
-    return p
+    return ConfigFlags(EvalConfig, EVAL_FLAGS).add_to(p)
 
 
 def _eval(args) -> int:
-    from eval.evaluate import EvalConfig, evaluate
+    from eval.evaluate import evaluate
 
-    report = evaluate(EvalConfig(args.model, args.shards, args.pairs, args.out, args.backend, args.batch_size,
-                                 args.bootstrap, args.seed, args.iipa, args.images, args.device, not args.no_faces,
-                                 args.threads))
-    print(json.dumps({"pairs": report["pairs"], "report": str(args.out / "report.md"),
+    config = ConfigFlags(EvalConfig, EVAL_FLAGS).build(args)
+    report = evaluate(config)
+    print(json.dumps({"pairs": report["pairs"], "report": str(config.out / "report.md"),
                       "accuracy": {k: round(v["accuracy"], 4) for k, v in report["accuracy"].items()}}))
     return 0
 
@@ -51,16 +41,7 @@ def main(argv=None, prog: str = "iipa eval") -> int:
 def score_parser(prog: str) -> Parser:
     p = Parser(prog=prog, description="Score images (files, folders, or a shards folder) with a model; "
                                       "unreadable images are reported, not fatal.")
-    p.add_argument("images", nargs="*", type=Path, help="image files and folders")
-    p.add_argument("--model", required=True, help="a run's model.pth (model.json beside it) or iipa:PATH")
-    p.add_argument("--shards", type=Path, help="score every image stored in this shards folder")
-    p.add_argument("--out", type=Path, help="write scores to this .csv or .parquet (default: a table on stdout)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--backend", default="auto",
-                   help="decoding: auto (Pillow on the CPU, DALI or nvJPEG on a GPU), torch, dali, nvjpeg")
-    p.add_argument("--threads", type=int, default=2, help="reading and decoding threads")
-    return p
+    return ConfigFlags(ScoreConfig, SCORE_FLAGS).add_to(p)
 
 
 def print_table(table) -> None:
@@ -75,18 +56,18 @@ def print_table(table) -> None:
 
 
 def _score(args) -> int:
-    from eval.score import ScoreConfig, score_images
+    from eval.score import score_images
 
-    table, not_images = score_images(ScoreConfig(args.model, list(args.images), args.shards, args.out,
-                                                 args.batch_size, args.device, args.backend, args.threads))
-    if args.out is None:
+    config = ConfigFlags(ScoreConfig, SCORE_FLAGS).build(args)
+    table, not_images = score_images(config)
+    if config.out is None:
         print_table(table)
     failed = [r for r in table.to_pylist() if r["status"] != "ok"]
     for r in failed:
         sys.stderr.write(f"{r['path']}: {r['status']}: {r['error']}\n")
     summary = {"scored": table.num_rows - len(failed), "failed": len(failed), "not_images": not_images}
-    if args.out is not None:
-        summary["out"] = str(args.out)
+    if config.out is not None:
+        summary["out"] = str(config.out)
     sys.stderr.write(json.dumps(summary) + "\n")
     return 0
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from eval.config import EvalConfig
 from eval.metrics import (accuracy_with_interval, activity_buckets, grouped_accuracy, pair_correct, prob_buckets,
                           reliability, spearman, user_centred_correlation)
 from eval.score import Scorer
@@ -27,38 +28,6 @@ from shards.atomic import atomic_path
 from shards.console import UserError, check_out, progress
 from shards.locate import ShardIndex
 from shards.schema import parquet_files, read_table
-
-
-@dataclass
-class EvalConfig:
-    """Options of `iipa eval`."""
-
-    model: str
-    """A run's model.pth (model.json beside it), or iipa:PATH."""
-    shards: Path
-    """Shards folder holding the pairs' images."""
-    pairs: Path
-    """Pair manifest (e.g. PAIRS/test.parquet), or a pairs folder: each file is a split."""
-    out: Path
-    """Report folder: report.json, report.md and plots."""
-    backend: str = "auto"
-    """Decoding backend: auto (Pillow on the CPU, DALI or nvJPEG on a GPU) or a name of train.decode.BACKENDS."""
-    batch_size: int = 128
-    """Images per forward pass."""
-    bootstrap: int = 1000
-    """Bootstrap resamples for the 95% intervals."""
-    seed: int = 0
-    """Seed of the bootstrap."""
-    iipa: str | None = None
-    """IIPA's released weights (model-resnet50.pth), scored as a baseline without fine-tuning."""
-    images: Path | None = None
-    """Images table for user activity (images per user); default: the shards' own table."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    faces: bool = True
-    """Run the face detector for the bias check (OpenCV; skipped where it is not installed)."""
-    threads: int = 2
-    """Threads decoding images for the statistics and the model."""
 
 
 @dataclass

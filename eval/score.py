@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
 
+from eval.config import ScoreConfig
 from shards.atomic import atomic_path
 from shards.console import UserError, check_out, progress
 from shards.build.resize import ResizeConfig, image_error, resize_image
@@ -122,28 +122,6 @@ class Scorer:
             except Exception as exc:  # decoders raise many types for a bad file; recorded, not lost
                 errors[i] = image_error(exc, 300)  # one line: DALI's run over several
         return scores, errors
-
-
-@dataclass
-class ScoreConfig:
-    """Options of `iipa score`."""
-
-    model: str
-    """A run's model.pth (model.json beside it) or iipa:PATH (IIPA's weights and preprocessing)."""
-    inputs: list[Path] = field(default_factory=list)
-    """Image files and folders (searched recursively for image files)."""
-    shards: Path | None = None
-    """A shards folder: score every image stored in it."""
-    out: Path | None = None
-    """CSV or Parquet file for the scores (by suffix); None prints a table."""
-    batch_size: int = 64
-    """Images per forward pass."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    backend: str = "auto"
-    """Decoding backend: auto (Pillow on the CPU, DALI or nvJPEG on a GPU) or a name of train.decode.BACKENDS."""
-    threads: int = 2
-    """Threads reading and decoding images."""
 
 
 def list_images(inputs: list[Path]) -> tuple[list[Path], int]:
