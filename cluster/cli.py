@@ -5,6 +5,7 @@ import json
 import sys
 
 from shards.console import EXIT_USAGE, Parser, run_main
+from shards.flags import ConfigFlags
 
 COMMANDS = {
     "demo": "the main job on the embedded synthetic data, every stage end to end",
@@ -23,21 +24,19 @@ USAGE = "usage: iipa COMMAND [options]   (iipa COMMAND --help for each)\n\n" + "
 
 
 def demo_main(argv, prog: str = "iipa demo") -> int:
-    from pathlib import Path
+    from cluster.config import DemoConfig
 
     p = Parser(prog=prog, description="Run every stage end to end on the embedded synthetic data and "
-                                      "report pairwise accuracy beside chance and the oracle.")
-    p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
-    p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (under two minutes)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data and training")
-    p.add_argument("--nproc", type=int, default=2, help="training ranks under torchrun")
-    args = p.parse_args(argv)
+                                      "report pairwise accuracy beside chance, the oracle and simple statistics.")
+    flags = ConfigFlags(DemoConfig)
+    args = flags.add_to(p).parse_args(argv)
 
     def handler(args) -> int:
-        from cluster.demo import DemoConfig, run_demo
+        from cluster.demo import run_demo
 
-        summary = run_demo(DemoConfig(args.out, args.quick, args.seed, args.nproc))
-        print((args.out / "report.md").read_text())
+        config = flags.build(args)
+        summary = run_demo(config)
+        print((config.out / "report.md").read_text())
         print(json.dumps({k: round(v["accuracy"], 4) for k, v in summary["accuracy"].items()}))
         return 0
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from eval.evaluate import EvalConfig, evaluate
+from cluster.config import DemoConfig
+from eval.config import EvalConfig
 from eval.metrics import accuracy_with_interval, pair_correct
 from eval.report import plot_run_curve
 from eval.visual import STATS
@@ -30,43 +28,10 @@ from shards.build.fetch import FetchConfig
 from shards.pairs import PairsConfig, build_pairs
 from shards.build.resize import ResizeConfig
 from shards.schema import read_table, write_json
+from train.cli import validate
+from train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
 log = logging.getLogger("iipa.demo")
-
-
-@dataclass
-class DemoConfig:
-    """Options of `iipa demo`; `quick` is the small version the test suite runs."""
-
-    out: Path = Path("demo")
-    """Folder for every stage's output and the report."""
-    quick: bool = False
-    """A smaller data set and fewer steps (under two minutes): the smoke run of the test suite."""
-    seed: int = 0
-    """Seed of the synthetic data and of training."""
-    nproc: int = 2
-    """Training ranks under torchrun (gloo on the CPU)."""
-
-    @property
-    def users(self) -> int:
-        return 60 if self.quick else 200
-
-    @property
-    def tweets_per_user(self) -> int:
-        return 24 if self.quick else 40
-
-    @property
-    def side(self) -> int:
-        """Side of the stored and trained images: the subjects' shapes must still read at it."""
-        return 40 if self.quick else 48
-
-    @property
-    def steps(self) -> int:
-        return 120 if self.quick else 480
-
-    @property
-    def batch_pairs(self) -> int:
-        return 16 if self.quick else 24
 
 
 def oracle_accuracy(images: Path, appeal: Path, pairs: Path) -> dict:
@@ -85,14 +50,17 @@ def train_under_torchrun(config: DemoConfig, out: Path) -> None:
     # The whole image at `side` (resize = crop): a random crop could cut a subject off and change
     # the count. With pairs capped at 60 a user, an epoch is about 190 steps at the default size,
     # after which the learning rate falls to 0.3× (a step schedule that steadies the last steps).
-    cmd = [sys.executable, "-m", "train", "--shards", str(out / "shards"), "--pairs", str(out / "pairs"),
-           "--out", str(out / "run"), "--arch", "resnet18", "--resize", str(config.side), "--crop", str(config.side),
-           "--batch-pairs", str(config.batch_pairs), "--lr-backbone", "1e-3", "--lr-head", "1e-3",
-           "--lr-decay", "0.3", "--epochs", "5",
-           "--max-steps", str(config.steps), "--val-every", str(config.steps // 4), "--log-every", "10",
-           "--seed", str(config.seed), "--backend", "torch", "--threads", "1",
-           "--nproc-per-node", str(config.nproc)]
-    if subprocess.call(cmd) != 0:
+    from train.cli import run_training  # torch, only when the demo trains
+
+    train = TrainConfig(
+        data=DataConfig(shards=out / "shards", pairs=out / "pairs", backend="torch", resize=config.side,
+                        crop=config.side, threads=1),
+        optim=OptimConfig(lr_backbone=1e-3, lr_head=1e-3, lr_decay=0.3),
+        model=ModelConfig(arch="resnet18"),
+        run=RunConfig(out=out / "run", epochs=5, max_steps=config.steps, batch_pairs=config.batch_pairs,
+                      val_every=config.steps // 4, log_every=10, seed=config.seed))
+    validate(train)
+    if run_training(train, nproc_per_node=config.nproc, prog="iipa demo") != 0:
         raise RuntimeError("training failed; see the output above")
 
 
@@ -177,6 +145,7 @@ def run_demo(config: DemoConfig) -> dict:
                                               fetch=FetchConfig(allow_hosts=(), allow_local=(out / "raw",)),
                                               resize=ResizeConfig(size=config.side)))
     stage("train", train_under_torchrun, config, out)
+    from eval.evaluate import evaluate  # torch: imported once the demo runs, not for --help
     report = stage("eval", evaluate, EvalConfig(str(out / "run" / "model.pth"), out / "shards",
                                                 out / "pairs" / "test.parquet", out / "eval"))
     accuracy = dict(report["accuracy"])

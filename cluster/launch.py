@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.console import Parser, UserError, check_out, run_main
+from shards.flags import SKIP, ConfigFlags, Flag
 
 SCHEDULERS = ("torchrun", "slurm", "ray")
 
@@ -163,20 +164,13 @@ def main(argv=None, prog: str = "iipa launch") -> int:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     t = sub.add_parser("train", help="launch `iipa train` on every node",
                        description="Launch `iipa train` on every node; training arguments follow `--`.")
-    t.add_argument("--nodes", type=int, required=True, help="nodes in the job")
-    t.add_argument("--gpus-per-node", type=int, required=True, help="ranks per node (one per GPU)")
-    t.add_argument("--rdzv", required=True, help="HOST:PORT of the rendezvous (the first node)")
-    t.add_argument("--scheduler", default="torchrun", choices=SCHEDULERS, help="how nodes are started")
-    t.add_argument("--run-id", default="", help="rendezvous id shared by the nodes (default: generated)")
-    t.add_argument("--max-restarts", type=int, default=3, help="restarts after a failure")
-    t.add_argument("--ray-address", help="Ray cluster for --scheduler ray")
-    t.add_argument("--slurm-script", type=Path, default=Path("iipa-train.sbatch"), help="sbatch script to write")
+    flags = ConfigFlags(LaunchConfig, {"train_args": SKIP, "scheduler": Flag(choices=SCHEDULERS)})
+    flags.add_to(t)
     t.add_argument("--dry-run", action="store_true", help="print (and for Slurm write) what would run")
     args = p.parse_args(argv)
 
     def handler(args) -> int:
-        config = LaunchConfig(args.nodes, args.gpus_per_node, args.rdzv, train_args, args.scheduler, args.run_id,
-                              args.max_restarts, args.ray_address, args.slurm_script)
+        config = flags.build(args, train_args=train_args)
         return launch(config, args.dry_run)
 
     return run_main(handler, args, prog)
