@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingest.reader import (
+from ingest.formats.rows import (
     FormatError,
     Malformed,
     Skipped,

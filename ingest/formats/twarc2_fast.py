@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ingest import reader
+import ingest.formats.rows as reader
 from shards.schema import KEY_JOIN, PENDING
 
 BLOCK_BYTES = 8 << 20

@@ -1,15 +1,28 @@
 """Which reader reads a file: the format guessed from its name and first record, and the
-readers by format. Its own module, above the readers: they share ingest.reader's row helpers and
-none of them imports this dispatcher."""
+readers by format. The package's face, above the readers: they share `ingest.formats.rows`'s row
+helpers and none of them imports this dispatcher."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ingest.account import read_account, tweet_files
-from ingest.fastpath import read_twarc2_fast
-from ingest.reader import DETECT_LINES, MAX_RECORD_CHARS, FormatError, read_v1, read_v2
-from ingest.table import read_table_file
+from ingest.formats.account import read_account, tweet_files
+from ingest.formats.rows import (
+    DETECT_LINES,
+    MAX_RECORD_CHARS,
+    Counted,
+    FormatError,
+    Malformed,
+    Skipped,
+    read_twarc2,
+    read_v1,
+    read_v2,
+)
+from ingest.formats.table import read_table_file
+from ingest.formats.twarc2_fast import read_twarc2_fast
+
+__all__ = ["READERS", "Counted", "FormatError", "Malformed", "Skipped", "detect_format", "first_record", "read_account",
+           "read_table_file", "read_twarc2", "read_twarc2_fast", "read_v1", "read_v2"]
 
 
 def first_record(lines, tries: int = DETECT_LINES):
