@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from ingest import archive
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.formats import detect_format
-from ingest.formats.rows import FormatError, Malformed, Skipped, caption_words, read_twarc2
+from ingest.formats.rows import FormatError, Malformed, Skipped, caption_words
 from ingest.formats.table import parse_columns
+from ingest.formats.twarc2 import read_twarc2
 from ingest.formats.twarc2_fast import caption_words_arrow, read_twarc2_fast
 from ingest.synthetic import SyntheticConfig, generate
 from shards.schema import read_table

@@ -21,8 +21,8 @@ from ingest.formats.rows import (
     json_array_items,
     parse_time,
     per_item,
-    v1_tweet_rows,
 )
+from ingest.formats.v1 import v1_tweet_rows
 
 TWEET_FILE_RE = re.compile(r"^tweets?(-part\d+)?\.js$")
 
