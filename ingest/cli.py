@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 from ingest.archive import ArchiveConfig, ingest_archive
-from ingest.formats import READERS
-from ingest.reader import FormatError
+from ingest.formats import READERS, FormatError
+from ingest.formats.table import parse_columns, parse_constants
 from ingest.synthetic import SyntheticConfig, generate
-from ingest.table import parse_columns, parse_constants
 from shards.console import Parser, UserError, check_out, run_main
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from ingest.reader import parse_time
+from ingest.formats.rows import parse_time
 from shards.console import UserError, progress
 from shards.schema import write_json
 

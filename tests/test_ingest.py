@@ -5,7 +5,8 @@ import pyarrow.compute as pc
 import pytest
 
 from ingest.archive import ArchiveConfig, ingest_archive
-from ingest.reader import FormatError, Skipped, caption_words, read_twarc2, tags_in
+from ingest.formats.rows import FormatError, Skipped, caption_words, tags_in
+from ingest.formats.twarc2 import read_twarc2
 from ingest.synthetic import SyntheticConfig, generate
 from shards.schema import read_table
 

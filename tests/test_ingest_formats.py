@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 
 from ingest import archive
 from ingest.archive import ArchiveConfig, ingest_archive
-from ingest.fastpath import caption_words_arrow, read_twarc2_fast
 from ingest.formats import detect_format
-from ingest.reader import FormatError, Malformed, Skipped, caption_words, read_twarc2
+from ingest.formats.rows import FormatError, Malformed, Skipped, caption_words
+from ingest.formats.table import parse_columns
+from ingest.formats.twarc2 import read_twarc2
+from ingest.formats.twarc2_fast import caption_words_arrow, read_twarc2_fast
 from ingest.synthetic import SyntheticConfig, generate
-from ingest.table import parse_columns
 from shards.schema import read_table
 from tests.conftest import run_iipa
 
@@ -332,7 +333,7 @@ def test_unreadable_and_unknown_inputs_are_one_line(tmp_path):
 
 def test_table_constants_missing_counts_and_file_time_are_said(tmp_path):
     from ingest.archive import ArchiveConfig, ingest_archive
-    from ingest.reader import FormatError
+    from ingest.formats import FormatError
 
     csv_file = tmp_path / "dog_rates.csv"
     csv_file.write_text("tweet_id,created_at,url,likes\n1,2020-01-01 10:00:00,https://x/a.jpg,5\n")

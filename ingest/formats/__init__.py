@@ -1,15 +1,36 @@
-"""Which reader reads a file: the format guessed from its name and first record, and the
-readers by format. Its own module, above the readers: they share ingest.reader's row helpers and
-none of them imports this dispatcher."""
+"""Readers: tweets from archive files into rows of the images table (one row per photo), one
+module per format, and the dispatcher: which reader reads a file, from its name and first record.
+
+Each format is a generator over one file that yields row dicts (the columns of
+`shards.schema.IMAGES` that metadata can fill), `pyarrow.Table` batches of such rows (from a
+vectorised fast path), or `Malformed` markers for records it could not use, so one bad record is
+counted and reported without stopping the run; at its end, `Skipped` totals for the records that
+were read but gave no row (`SKIP_REASONS` says why each can be) and `Counted` totals for rows
+worth a word. Readers stream: memory does not grow with the file.
+
+Formats (the keys of `READERS`): `twarc2` (raw API v2 response pages, one per line), `v2`
+(twarc2 *flattened* tweets, one per line, expansions inlined), `v1` (API v1.1 tweets as JSONL or
+JSON arrays), `account` (the archive X lets a user download) and `table` (CSV or Parquet).
+
+The readers share the row helpers of `ingest.formats.rows` and import each other where one builds
+on another (the fast twarc2 path falls back to the reference one, twarc2 pages hold v2 tweets,
+account archives hold v1.1 tweets); none of them imports this dispatcher.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ingest.account import read_account, tweet_files
-from ingest.fastpath import read_twarc2_fast
-from ingest.reader import DETECT_LINES, MAX_RECORD_CHARS, FormatError, read_v1, read_v2
-from ingest.table import read_table_file
+from ingest.formats.account import read_account, tweet_files
+from ingest.formats.rows import DETECT_LINES, MAX_RECORD_CHARS, Counted, FormatError, Malformed, Skipped
+from ingest.formats.table import read_table_file
+from ingest.formats.twarc2 import read_twarc2
+from ingest.formats.twarc2_fast import read_twarc2_fast
+from ingest.formats.v1 import read_v1
+from ingest.formats.v2 import read_v2
+
+__all__ = ["READERS", "Counted", "FormatError", "Malformed", "Skipped", "detect_format", "first_record", "read_account",
+           "read_table_file", "read_twarc2", "read_twarc2_fast", "read_v1", "read_v2"]
 
 
 def first_record(lines, tries: int = DETECT_LINES):

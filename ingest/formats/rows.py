@@ -1,16 +1,7 @@
-"""Readers: tweets from archive files into rows of the images table (one row per photo).
-
-Each format is a generator over one file that yields row dicts (the columns of
-`shards.schema.IMAGES` that metadata can fill), `pyarrow.Table` batches of such rows (from a
-vectorised fast path), or `Malformed` markers for records it could not use, so one bad record is
-counted and reported without stopping the run; at its end, `Skipped` totals for the records that
-were read but gave no row (`SKIP_REASONS` says why each can be) and `Counted` totals for rows
-worth a word. Readers stream: memory does not grow with the file.
-
-Formats (the keys of `READERS`): `twarc2` (raw API v2 response pages, one per line), `v2`
-(twarc2 *flattened* tweets, one per line, expansions inlined), `v1` (API v1.1 tweets as JSONL or
-JSON arrays), `account` (the archive X lets a user download) and `table` (CSV or Parquet).
-"""
+"""The row helpers every reader of `ingest.formats` shares: what a reader yields besides rows
+(`Malformed`, `Counted`, `Skipped` and the reasons for skipping), captions, tags and times as the
+images table holds them, one row per photo of a tweet, and JSON records read one line or one
+array item at a time so that one bad record is counted, not fatal."""
 from __future__ import annotations
 
 import json
@@ -29,8 +20,6 @@ URL_RE = re.compile(r"https?://\S+")
 TAG_RE = re.compile(r"[#＃]\w+")
 MENTION_RE = re.compile(r"[@＠]\w+")
 WORD_RE = re.compile(r"\w+(?:'\w+)?")
-# v1.1 media ids become v2-style media keys (type prefix + id), so both APIs name a photo alike.
-MEDIA_KEY_PREFIX = {"photo": "3", "video": "7", "animated_gif": "16"}
 ARRAY_CHUNK = 1 << 20
 MAX_RECORD_CHARS = 64 << 20  # one JSON record larger than this is malformed, not buffered further
 DETECT_LINES = 20  # lines that may fail to parse before a file counts as of no known format
@@ -148,7 +137,7 @@ def file_time(path: Path) -> datetime:
     return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
 
 
-def _count(metrics: dict, name: str) -> int | None:
+def count_of(metrics: dict, name: str) -> int | None:
     value = metrics.get(name)
     return None if value is None else int(value)
 
@@ -186,70 +175,6 @@ def photo_rows(base: dict, media: list[Medium], skipped: dict[str, int]) -> list
 def _dimension(value) -> int | None:
     """A photo side from an API record: a positive whole number, or unknown."""
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 31 else None
-
-
-# ---- API v2 (twarc2 pages and flattened tweets) -------------------------------------------
-
-
-def v2_tweet_rows(tweet: dict, media_by_key: dict, collected_at, media_types, skipped: dict[str, int]) -> list[dict]:
-    """Rows for one API v2 tweet object: one per photo (or other asked-for media type)."""
-    if not isinstance(tweet, dict) or "id" not in tweet:
-        skipped["not_a_tweet"] += 1
-        return []
-    refs = {r.get("type") for r in tweet.get("referenced_tweets") or []}
-    if "retweeted" in refs:
-        skipped["retweet"] += 1
-        return []
-    attachments = tweet.get("attachments") or {}
-    if media_by_key is None:  # flattened: the media objects sit inside the tweet
-        media_by_key = {m["media_key"]: m for m in attachments.get("media") or []}
-    keys = attachments.get("media_keys") or []
-    media = [media_by_key[k] for k in keys if k in media_by_key and media_by_key[k].get("type") in media_types]
-    if not media:
-        skipped["no_photo" if any(k in media_by_key for k in keys) or not keys else "media_not_included"] += 1
-        return []
-    entities = tweet.get("entities") or {}
-    metrics = tweet.get("public_metrics") or {}
-    text = tweet.get("text") or ""
-    base = {
-        "tweet_id": str(tweet["id"]),
-        "user_id": str(tweet["author_id"]),
-        "created_at": parse_time(tweet["created_at"]),
-        "collected_at": collected_at,
-        "text": text,
-        "hashtags": [h["tag"].lower() for h in entities.get("hashtags", [])],
-        "mentions": [m["username"].lower() for m in entities.get("mentions", [])],
-        "caption_words": caption_words(text),
-        "retweets": _count(metrics, "retweet_count"),
-        "likes": _count(metrics, "like_count"),
-        "replies": _count(metrics, "reply_count"),
-        "quotes": _count(metrics, "quote_count"),
-    }
-    return photo_rows(base, [Medium(m.get("media_key"), m.get("url") or m.get("preview_image_url"),
-                                    m.get("width"), m.get("height")) for m in media], skipped)
-
-
-def retweeted_originals(tweet: dict, by_id: dict) -> list[dict]:
-    """The original tweets a v2 retweet points at, where the page or line carries them."""
-    return [by_id[r["id"]] for r in tweet.get("referenced_tweets") or []
-            if r.get("type") == "retweeted" and r.get("id") in by_id]
-
-
-def twarc2_page_rows(page: dict, collected_at, media_types, originals: bool, skipped: dict[str, int]) -> list[dict]:
-    """Rows of one raw v2 response page (`data`, `includes`, optional `__twarc`)."""
-    # A search's last page may hold no tweets at all, only its `meta`.
-    data = page["data"] if "data" in page or "meta" not in page else []
-    tweets = data if isinstance(data, list) else [data]
-    includes = page.get("includes") or {}
-    media = {m["media_key"]: m for m in includes.get("media", [])}
-    when = parse_time((page.get("__twarc") or {}).get("retrieved_at")) or collected_at
-    rows = [r for t in tweets for r in v2_tweet_rows(t, media, when, media_types, skipped)]
-    if originals:
-        by_id = {str(t.get("id")): t for t in includes.get("tweets", [])}
-        for tweet in tweets:
-            for original in retweeted_originals(tweet, by_id):
-                rows += original_rows(v2_tweet_rows, skipped, original, media, when, media_types)
-    return rows
 
 
 def original_rows(fn, skipped: dict[str, int], *args) -> list[dict]:
@@ -300,7 +225,7 @@ def json_lines(path: Path) -> Iterator[tuple[int, object]]:
                 yield number, exc
 
 
-def _per_line(path: Path, rows_of) -> Iterator[dict | Malformed | Skipped]:
+def per_line(path: Path, rows_of) -> Iterator[dict | Malformed | Skipped]:
     """Apply `rows_of(obj, skipped)` to every JSON line; a line that fails becomes a `Malformed`."""
     return per_item(path, json_lines(path), rows_of)
 
@@ -334,106 +259,6 @@ def per_item(path: Path, items, rows_of) -> Iterator[dict | Malformed | Skipped]
         else:
             yield from rows
     yield from skipped_totals(skipped)
-
-
-def read_twarc2(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,
-                **_) -> Iterator[dict | Malformed]:
-    """twarc2 JSONL: one raw API v2 response page per line (`data`, `includes.media`, `__twarc`).
-
-    This is the reference implementation; `ingest.fastpath.read_twarc2_fast` gives the same rows.
-    """
-    fallback = collected_at or file_time(path)
-    yield from _per_line(Path(path), lambda page, skipped: twarc2_page_rows(page, fallback, media_types, originals,
-                                                                            skipped))
-
-
-def flat_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipped: dict[str, int]) -> list[dict]:
-    """Rows of one twarc2-flattened tweet (`author`, `attachments.media`, `__twarc` inlined)."""
-    if not isinstance(tweet, dict) or "id" not in tweet:
-        skipped["not_a_tweet"] += 1
-        return []
-    when = parse_time((tweet.get("__twarc") or {}).get("retrieved_at")) or collected_at
-    if "author_id" not in tweet and isinstance(tweet.get("author"), dict):
-        tweet = {**tweet, "author_id": tweet["author"].get("id")}
-    rows = v2_tweet_rows(tweet, None, when, media_types, skipped)
-    if originals:
-        for ref in tweet.get("referenced_tweets") or []:
-            if ref.get("type") == "retweeted" and "attachments" in ref:
-                rows += original_rows(flat_tweet_rows, skipped, ref, when, media_types, False)
-    return rows
-
-
-def read_v2(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,
-            **_) -> Iterator[dict | Malformed]:
-    """twarc2 flattened JSONL: one tweet per line with its expansions inlined."""
-    fallback = collected_at or file_time(path)
-    yield from _per_line(Path(path), lambda tweet, skipped: flat_tweet_rows(tweet, fallback, media_types, originals,
-                                                                             skipped))
-
-
-# ---- API v1.1 ---------------------------------------------------------------------------
-
-
-def v1_media(tweet: dict, media_types) -> list[dict]:
-    """The media objects of a v1.1 tweet of the asked-for types (`extended_entities` first)."""
-    media = (tweet.get("extended_entities") or {}).get("media") or (tweet.get("entities") or {}).get("media") or []
-    return [m for m in media if m.get("type", "photo") in media_types]
-
-
-def is_v1_tweet(record) -> bool:
-    """Whether a v1.1 record is a tweet: an id and a text (a user object, say, has no text)."""
-    return isinstance(record, dict) and ("id" in record or "id_str" in record) and (
-        "text" in record or "full_text" in record)
-
-
-def v1_tweet_rows(tweet: dict, collected_at, media_types, originals: bool, skipped: dict[str, int],
-                  user_id: str | None = None, local_media=None) -> list[dict]:
-    """Rows of one v1.1 tweet (or account-archive tweet: counts as strings, owner given).
-
-    A retweet gives no rows of its own; its embedded original (`retweeted_status`) may.
-    `local_media(tweet_id, media)` returns a local file URI for a photo where one exists.
-    """
-    if not is_v1_tweet(tweet):
-        skipped["not_a_tweet"] += 1
-        return []
-    if "retweeted_status" in tweet:
-        skipped["retweet"] += 1
-        if not originals:
-            return []
-        return original_rows(v1_tweet_rows, skipped, tweet["retweeted_status"], collected_at, media_types, False)
-    text = tweet.get("full_text") or tweet.get("text") or ""
-    if user_id is not None and text.startswith("RT @"):
-        skipped["retweet"] += 1
-        return []  # the account archive marks retweets only by their text
-    media = v1_media(tweet, media_types)
-    if not media:
-        skipped["no_photo"] += 1
-        return []
-    tweet_id = str(tweet.get("id_str") or tweet["id"])
-    entities = tweet.get("entities") or {}
-    user = tweet.get("user") or {}
-    base = {
-        "tweet_id": tweet_id,
-        "user_id": str(user_id or user.get("id_str") or user["id"]),
-        "created_at": parse_time(tweet["created_at"]),
-        "collected_at": collected_at,
-        "text": text,
-        "hashtags": [h["text"].lower() for h in entities.get("hashtags") or []],
-        "mentions": [m["screen_name"].lower() for m in entities.get("user_mentions") or []],
-        "caption_words": caption_words(text),
-        "retweets": _count(tweet, "retweet_count"),
-        "likes": _count(tweet, "favorite_count"),
-        "replies": _count(tweet, "reply_count"),
-        "quotes": _count(tweet, "quote_count"),
-    }
-    photos = []
-    for m in media:
-        media_id = str(m.get("id_str") or m.get("id") or "")
-        key = m.get("media_key") or (f"{MEDIA_KEY_PREFIX.get(m.get('type', 'photo'), '3')}_{media_id}" if media_id else None)
-        url = (local_media and local_media(tweet_id, m)) or m.get("media_url_https") or m.get("media_url")
-        original = m.get("original_info") if isinstance(m.get("original_info"), dict) else {}
-        photos.append(Medium(key, url, original.get("width"), original.get("height")))
-    return photo_rows(base, photos, skipped)
 
 
 def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[int, object]]:
@@ -482,26 +307,3 @@ def json_array_items(path: Path, skip_prefix: bool = False) -> Iterator[tuple[in
             yield line, item
             line += buf.count("\n", pos, end)
             pos = end
-
-
-def is_json_array(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head.startswith(b"[")
-
-
-def read_v1(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,
-            **_) -> Iterator[dict | Malformed]:
-    """API v1.1 tweets: JSONL (tweets or `{"statuses": [...]}` search pages) or a JSON array."""
-    path = Path(path)
-    when = collected_at or file_time(path)
-
-    def rows_of(obj, skipped: dict[str, int]) -> list[dict]:
-        if isinstance(obj, dict) and isinstance(obj.get("statuses"), list):
-            obj = obj["statuses"]
-        if isinstance(obj, list):
-            return [r for t in obj for r in v1_tweet_rows(t, when, media_types, originals, skipped)]
-        return v1_tweet_rows(obj, when, media_types, originals, skipped)
-
-    items = json_array_items(path) if is_json_array(path) else json_lines(path)
-    yield from per_item(path, items, rows_of)

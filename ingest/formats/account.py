@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingest.reader import (
+from ingest.formats.rows import (
     FormatError,
     Malformed,
     Skipped,
@@ -21,8 +21,8 @@ from ingest.reader import (
     json_array_items,
     parse_time,
     per_item,
-    v1_tweet_rows,
 )
+from ingest.formats.v1 import v1_tweet_rows
 
 TWEET_FILE_RE = re.compile(r"^tweets?(-part\d+)?\.js$")
 

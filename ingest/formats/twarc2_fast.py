@@ -4,13 +4,12 @@ Parsing tweets one dict at a time in Python costs more than `json.loads` alone; 
 lines is parsed in C++ into columns (only the fields the images table needs), and retweets,
 media joins, captions and times are computed on whole columns. A block that is not clean (a
 malformed line, a missing field, a type the schema does not expect) goes through the reference
-reader `ingest.reader.read_twarc2` instead, line by line, so the rows, and the malformed lines
-reported, are the same either way; tests check that both paths agree.
+reader `ingest.formats.twarc2.read_twarc2` instead, line by line, so the rows, and the malformed
+lines reported, are the same either way; tests check that both paths agree.
 """
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ingest import reader
+from ingest.formats.rows import (
+    MENTION_RE,
+    TAG_RE,
+    URL_RE,
+    WORD_RE,
+    Malformed,
+    add_to,
+    caption_words,
+    file_time,
+    loads,
+    record_rows,
+    skipped_totals,
+    tally,
+)
+from ingest.formats.twarc2 import twarc2_page_rows
 from shards.schema import KEY_JOIN, PENDING
 
 BLOCK_BYTES = 8 << 20
 TS = pa.timestamp("us", tz="UTC")
-SPLIT_WORDS_RE = re.compile(reader.WORD_RE.pattern + "|\x01")  # words, and the separators between texts
+SPLIT_WORDS_RE = re.compile(WORD_RE.pattern + "|\x01")  # words, and the separators between texts
 
 _TWEET = pa.struct([
     ("id", pa.string()), ("author_id", pa.string()), ("created_at", pa.string()), ("text", pa.string()),
@@ -68,16 +81,16 @@ def _words(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """
     joined = "\n\x01\n".join(texts)
     if joined.count("\x01") != max(0, len(texts) - 1):  # a text holding the separator itself
-        per_text = [reader.caption_words(t) for t in texts]
+        per_text = [caption_words(t) for t in texts]
         return np.array([len(w) for w in per_text]), np.array([w for ws in per_text for w in ws], dtype=object)
-    joined = reader.MENTION_RE.sub(" ", reader.TAG_RE.sub(" ", reader.URL_RE.sub(" ", joined)))
+    joined = MENTION_RE.sub(" ", TAG_RE.sub(" ", URL_RE.sub(" ", joined)))
     tokens = np.array(SPLIT_WORDS_RE.findall(joined), dtype=object)
     sep = tokens == "\x01"
     return np.bincount(np.cumsum(sep)[~sep], minlength=len(texts)), tokens[~sep]
 
 
 def caption_words_arrow(texts: pa.Array) -> pa.ListArray:
-    """`reader.caption_words` of every text of an array, computed on the whole column.
+    """`rows.caption_words` of every text of an array, computed on the whole column.
 
     ASCII texts are joined apart from the others: a string with one emoji in it is stored with
     four bytes a character, which would slow the regexes over all of them.
@@ -170,7 +183,7 @@ def photos(pages: pa.Table, tweets: pa.Array, tweet_page: np.ndarray, media_type
 
 
 def dimension(values: pa.Array) -> pa.Array:
-    """Photo sides as the reference reader keeps them (reader._dimension): positive int32, else null."""
+    """Photo sides as the reference reader keeps them (rows._dimension): positive int32, else null."""
     valid = pc.and_(pc.greater(values, 0), pc.less(values, 1 << 31))
     return pc.if_else(valid, values, pa.scalar(None, values.type)).cast(pa.int32())
 
@@ -298,27 +311,27 @@ def _reference(path: Path, first_line: int, block: bytes, fallback, media_types,
     for offset, line in enumerate(block.split(b"\n")):
         if not line.strip():
             continue
-        rows = reader.record_rows(path, first_line + offset, skipped, lambda mine: reader.twarc2_page_rows(
-            reader.loads(line), fallback, media_types, originals, mine))
-        if isinstance(rows, reader.Malformed):
+        rows = record_rows(path, first_line + offset, skipped, lambda mine: twarc2_page_rows(
+            loads(line), fallback, media_types, originals, mine))
+        if isinstance(rows, Malformed):
             yield rows
         else:
             yield from rows
 
 
 def read_twarc2_fast(path: Path, collected_at=None, media_types=frozenset({"photo"}), originals: bool = True,
-                     block_bytes: int = BLOCK_BYTES, **_) -> Iterator[pa.Table | dict | reader.Malformed]:
+                     block_bytes: int = BLOCK_BYTES, **_) -> Iterator[pa.Table | dict | Malformed]:
     """twarc2 JSONL as Arrow tables of rows, a block at a time; unclean blocks go line by line."""
     path = Path(path)
-    fallback = collected_at or reader.file_time(path)
-    lines, skipped = LineCounter(path), reader.tally()
+    fallback = collected_at or file_time(path)
+    lines, skipped = LineCounter(path), tally()
     for offset, block in line_blocks(path, block_bytes):
         try:
             rows, block_skips = pages_to_rows(parse_block(block), fallback, frozenset(media_types), originals)
         except (NotClean, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             yield from _reference(path, lines.at(offset), block, fallback, media_types, originals, skipped)
             continue
-        reader.add_to(skipped, block_skips)
+        add_to(skipped, block_skips)
         if rows.num_rows:
             yield rows
-    yield from reader.skipped_totals(skipped)
+    yield from skipped_totals(skipped)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ingest.reader import (
+from ingest.formats.rows import (
     Counted,
     FormatError,
     NOT_UTF8_RE,
