@@ -42,7 +42,8 @@ class SearchConfig:
     """Options of `iipa ingest search`."""
 
     out: Path
-    """twarc2 JSONL file that receives the raw response pages (appended to when resuming)."""
+    """twarc2 JSONL file that receives the raw response pages (appended to when resuming); when
+    searching trends, a folder of one such file per trend."""
     hashtags: list[str] = field(default_factory=list)
     """Hashtags to search for (any of them), with or without `#`."""
     query: str | None = None

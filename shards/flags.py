@@ -43,8 +43,11 @@ class Flag:
     """Take the value as a positional argument with this nargs ("+", "*", "?"; "1" for exactly one)."""
     choices: tuple | None = None
     """The values allowed, listed in --help."""
-    parse: Callable[[str], Any] | None = None
-    """Text → value, for a type the rules above do not cover (raise ValueError on bad text)."""
+    parse: Callable[[Any], Any] | None = None
+    """Text → value, for a type the rules above do not cover; called when the config is built,
+    so its errors are the command's (a UserError is one line)."""
+    repeat: bool = False
+    """The flag may be given again: `parse` receives the list of every value given."""
     metavar: str | None = None
     """The value's name in --help."""
 
@@ -151,8 +154,8 @@ def _argument(leaf: Leaf) -> tuple[list[str], dict[str, Any]]:
         help_text += f" (default {_show(leaf.default)})"
     options["help"] = help_text.replace("%", "%%")  # argparse formats help with %
     origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if flag.parse is not None:
-        options["type"] = flag.parse
+    if flag.parse is not None:  # the text is kept as given; `ConfigFlags.given` parses it
+        options["action"] = "append" if flag.repeat else "store"
     elif kind is bool:
         options["action"] = argparse.BooleanOptionalAction
     elif origin in (tuple, list):
@@ -207,7 +210,8 @@ class ConfigFlags:
     def given(self, args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
         """The values the user gave, by field path."""
         present = vars(args)
-        return {leaf.path: present[leaf.dest] for leaf in self.leaves if leaf.dest in present}
+        return {leaf.path: leaf.flag.parse(present[leaf.dest]) if leaf.flag.parse else present[leaf.dest]
+                for leaf in self.leaves if leaf.dest in present}
 
     def build(self, args: argparse.Namespace, base: Any = None, **defaults) -> Any:
         """The config: `base` (or the dataclass's defaults, then `defaults`, e.g. a preset's
