@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["Flag", "SKIP", "ConfigFlags", "field_docs", "with_values"]
-FIRST_SENTENCE = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+(?=[A-Z])")
+FIRST_SENTENCE = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?<=\.)\s+(?=[A-Z])")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,14 @@ class Leaf:
     @property
     def name(self) -> str:
         return self.flag.name or self.path[-1]
+
+    def value(self, parsed: Any) -> Any:
+        """What argparse made of the flag, as the field's value."""
+        if self.flag.parse is not None:
+            return self.flag.parse(parsed)
+        if typing.get_origin(self.kind) is tuple and isinstance(parsed, list):  # a repeated or positional flag
+            return tuple(parsed)
+        return parsed
 
 
 def _unwrap(hint) -> tuple[Any, bool]:
@@ -210,8 +218,7 @@ class ConfigFlags:
     def given(self, args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
         """The values the user gave, by field path."""
         present = vars(args)
-        return {leaf.path: leaf.flag.parse(present[leaf.dest]) if leaf.flag.parse else present[leaf.dest]
-                for leaf in self.leaves if leaf.dest in present}
+        return {leaf.path: leaf.value(present[leaf.dest]) for leaf in self.leaves if leaf.dest in present}
 
     def build(self, args: argparse.Namespace, base: Any = None, **defaults) -> Any:
         """The config: `base` (or the dataclass's defaults, then `defaults`, e.g. a preset's

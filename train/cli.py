@@ -169,11 +169,13 @@ def die_with_parent(libc=None) -> None:
 
 def launch_torchrun(config: TrainConfig, nproc_per_node: int, max_restarts: int, prog: str) -> int:
     """Run `config` as `torchrun --standalone --nproc-per-node N -m train --config FILE` and wait:
-    FILE holds the config resolved here (JSON, which YAML reads), so every rank trains on the
-    same options however they were given."""
+    FILE holds the config resolved here, so every rank trains on the same options however they
+    were given."""
+    import yaml
+
     with tempfile.TemporaryDirectory(prefix="iipa-config-") as tmp:
         path = Path(tmp) / "train.yaml"
-        path.write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
+        path.write_text(yaml.safe_dump(config.to_dict()), encoding="utf-8")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
                f"--max-restarts={max_restarts}", "-m", "train", "--config", str(path)]
         return supervise(cmd, {**os.environ, RUN_LOCK: "held"}, prog)

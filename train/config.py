@@ -130,8 +130,11 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
-        return {k: {n: (str(v) if isinstance(v, Path) else v) for n, v in asdict(getattr(self, k)).items()}
-                for k in ("data", "optim", "model", "run")}
+        """The config as plain YAML/JSON values (paths as strings, tuples as lists): what from_dict reads."""
+        def plain(v):
+            return str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+
+        return {k: {n: plain(v) for n, v in asdict(getattr(self, k)).items()} for k in ("data", "optim", "model", "run")}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TrainConfig":

@@ -27,11 +27,17 @@ def pairs_parser(prog: str) -> Parser:
     return parser
 
 
-def _pairs(args) -> int:
-    config = ConfigFlags(PairsConfig, FLAGS).build(args, **PairsConfig.preset_defaults(getattr(args, "preset", "twitter")))
+def pairs_config(args) -> PairsConfig:
+    """The defaults, then the preset's thresholds, then the flags given."""
+    preset = getattr(args, "preset", PairsConfig.preset)  # absent when not given
+    config = ConfigFlags(PairsConfig, FLAGS).build(args, **PairsConfig.preset_defaults(preset))
     if config.max_pairs_per_user == 0:  # 0 on the command line: no cap
         config.max_pairs_per_user = None
-    stats = build_pairs(config)
+    return config
+
+
+def _pairs(args) -> int:
+    stats = build_pairs(pairs_config(args))
     print(summary(stats))
     print(json.dumps({"pairs": stats["pairs"], **{s: v["pairs"] for s, v in stats["splits"].items()}}))
     return 0
