@@ -1,5 +1,6 @@
 """The trainer's index: pairs resolved to rows without a Python object per key, cached beside
-the pairs and memory-mapped, invalidated when the shards change; DALI's crops follow the seed."""
+the pairs and memory-mapped, invalidated when the shards change, with further columns on request;
+DALI's crops follow the seed."""
 import hashlib
 import shutil
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from shards.locate import ShardIndex, key_parts, resolve_in_background, resolve_pairs
-from shards.schema import SchemaError, read_table
+from shards.schema import SchemaError, read_table, write_table
 from tests.conftest import jpeg_bytes, photo_arrays
 from train.config import DataConfig
 from train.data import load_pairs
@@ -96,6 +97,43 @@ def test_an_index_in_memory_gives_the_same_pairs_as_the_cached_path(dataset):
     cached = resolve_pairs(dataset / "pairs" / "val.parquet", ShardIndex(dataset / "shards"))
     assert list(in_memory.index.keys_of(in_memory.hi)) == list(cached.index.keys_of(cached.hi))
     assert in_memory.missing == cached.missing
+
+
+def manifest_with_absent_images(dataset, name="mixed") -> tuple[list[dict], list[int]]:
+    """PAIRS/{name}.parquet: val's pairs, with pairs naming an image the shards lack put first, in
+    the middle and last (either side); every row's columns tell it apart. Its rows, and the row
+    numbers of the pairs missing an image (by plain Python sets)."""
+    rows = read_table(dataset / "pairs" / "val.parquet", "pairs").to_pylist()
+    half = len(rows) // 2
+    rows = ([dict(rows[0], hi_key="absent_1")] + rows[:half] + [dict(rows[1], lo_key="absent_2")] + rows[half:]
+            + [dict(rows[2], hi_key="absent_3", lo_key="absent_4")])
+    for i, row in enumerate(rows):
+        row.update(user_id=f"user{i}", rule=f"rule{i % 3}", prob=0.95 + i / 1e4, hi_pop=1000.0 + i, lo_pop=float(i))
+    write_table(pa.Table.from_pylist(rows), dataset / "pairs" / f"{name}.parquet", "pairs")
+    ok = {r["key"] for r in read_table(dataset / "shards", "images").to_pylist() if r["status"] == "ok"}
+    return rows, [i for i, r in enumerate(rows) if r["hi_key"] not in ok or r["lo_key"] not in ok]
+
+
+EXTRA = ("user_id", "rule", "prob", "hi_pop", "lo_pop")
+
+
+def extra_columns(rows: list[dict], dropped: list[int]) -> list[tuple]:
+    return [tuple(r[c] for c in EXTRA) for i, r in enumerate(rows) if i not in dropped]
+
+
+def test_a_warm_cache_gives_what_a_cold_one_gave_extra_columns_included(dataset):
+    rows, dropped = manifest_with_absent_images(dataset)
+    path = dataset / "pairs" / "mixed.parquet"
+    cold = resolve_pairs(path, ShardIndex(dataset / "shards"), columns=EXTRA)
+    index = ShardIndex(dataset / "shards")
+    warm = resolve_pairs(path, index, columns=EXTRA)
+    assert "key_array" not in vars(index) and isinstance(warm.dropped, np.memmap)  # mapped, not resolved again
+    uncached = resolve_pairs(path, ShardIndex(dataset / "shards"), cache=False, columns=EXTRA)
+    for resolved in (cold, warm, uncached):
+        assert resolved_pairs(resolved) == resolved_pairs(cold)
+        assert list(resolved.dropped) == dropped
+        assert list(zip(*(resolved.columns[c] for c in EXTRA))) == extra_columns(rows, dropped)
+    assert resolve_pairs(path, index).columns == {}  # the trainer asks for none
 
 
 def test_a_damaged_cache_is_rebuilt(dataset):
