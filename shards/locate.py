@@ -158,11 +158,6 @@ class ShardIndex:
         # Built only for the scalar look-ups of small tools and tests; the trainer never asks.
         return {k: i for i, k in enumerate(self.key_array.to_pylist())}
 
-    def both_present(self, hi, lo) -> np.ndarray:
-        """Mask of the pairs (hi[i], lo[i]) whose two images were sharded successfully."""
-        rows = self.rows(np.concatenate([hi, lo]))  # one lookup: the index's hash table is built per call
-        return (rows[:len(hi)] >= 0) & (rows[len(hi):] >= 0)
-
     def check_files(self) -> None:
         """Every tar this index points into exists and holds its samples' bytes: a missing or
         truncated shard is one clear line before the work, not a decoding failure in the middle
@@ -313,6 +308,21 @@ def resolve_pairs(pairs_file: str | Path, index: ShardIndex, cache: bool = True,
         resolved.columns = {name: np.delete(table.column(name).to_numpy(zero_copy_only=False), resolved.dropped)
                             for name in columns}
     return resolved
+
+
+def merge_resolved(parts: list[ResolvedPairs], index: ShardIndex) -> ResolvedPairs:
+    """Several resolved manifests (e.g. the splits of a pairs folder) as one, in order, over one
+    compact index: an image two of them share is one row. `dropped` counts the manifests' rows
+    as if they were concatenated."""
+    if len(parts) == 1:
+        return parts[0]
+    full = [index.rows(part.index.key_array) for part in parts]  # each compact index's rows in `index`
+    hi = np.concatenate([rows[part.hi] for rows, part in zip(full, parts)])
+    lo = np.concatenate([rows[part.lo] for rows, part in zip(full, parts)])
+    starts = np.cumsum([0] + [len(part.hi) + part.missing for part in parts])
+    dropped = np.concatenate([part.dropped + start for part, start in zip(parts, starts)])
+    columns = {name: np.concatenate([part.columns[name] for part in parts]) for name in parts[0].columns}
+    return ResolvedPairs(*_compact(index, hi, lo), dropped, columns)
 
 
 def resolve_in_background(shards_dir: str | Path, pairs_files: list[Path]) -> Future:

@@ -1,6 +1,6 @@
 """The trainer's index: pairs resolved to rows without a Python object per key, cached beside
-the pairs and memory-mapped, invalidated when the shards change, with further columns on request;
-DALI's crops follow the seed."""
+the pairs and memory-mapped, invalidated when the shards change, and read alike by eval with the
+columns it needs; DALI's crops follow the seed."""
 import hashlib
 import shutil
 
@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from shards.locate import ShardIndex, key_parts, resolve_in_background, resolve_pairs
+from eval.evaluate import load_pairs as eval_pairs
+from shards.locate import ShardIndex, key_parts, merge_resolved, resolve_in_background, resolve_pairs
 from shards.schema import SchemaError, read_table, write_table
 from tests.conftest import jpeg_bytes, photo_arrays
 from train.config import DataConfig
@@ -121,6 +122,21 @@ def extra_columns(rows: list[dict], dropped: list[int]) -> list[tuple]:
     return [tuple(r[c] for c in EXTRA) for i, r in enumerate(rows) if i not in dropped]
 
 
+def test_train_and_eval_read_a_manifest_alike(dataset):
+    """One reader: the trainer's pairs and eval's are the same pairs in the manifest's order, and
+    eval's columns belong to the pair beside them (the trainer resolves cold, eval maps its cache)."""
+    rows, dropped = manifest_with_absent_images(dataset)
+    assert len(dropped) >= 3
+    train = load_pairs(dataset / "pairs" / "mixed.parquet", dataset / "shards")
+    evaluated = eval_pairs(dataset / "pairs" / "mixed.parquet", ShardIndex(dataset / "shards"))
+    kept = [(r["hi_key"], r["lo_key"]) for i, r in enumerate(rows) if i not in dropped]
+    assert resolved_pairs(train) == resolved_pairs(evaluated) == kept
+    assert train.missing == evaluated.missing == len(dropped)
+    assert list(zip(evaluated.user, evaluated.rule, evaluated.prob, evaluated.hi_pop, evaluated.lo_pop)) \
+        == extra_columns(rows, dropped)
+    assert set(evaluated.split) == {"mixed"}
+
+
 def test_a_warm_cache_gives_what_a_cold_one_gave_extra_columns_included(dataset):
     rows, dropped = manifest_with_absent_images(dataset)
     path = dataset / "pairs" / "mixed.parquet"
@@ -134,6 +150,29 @@ def test_a_warm_cache_gives_what_a_cold_one_gave_extra_columns_included(dataset)
         assert list(resolved.dropped) == dropped
         assert list(zip(*(resolved.columns[c] for c in EXTRA))) == extra_columns(rows, dropped)
     assert resolve_pairs(path, index).columns == {}  # the trainer asks for none
+
+
+def test_splits_that_share_images_merge_over_one_index(dataset):
+    """eval's pairs folder: each file a split, the splits in file order; an image two of them
+    use is one row of the merged index, and the dropped rows count through both files."""
+    rows, dropped = manifest_with_absent_images(dataset, "a")
+    val = read_table(dataset / "pairs" / "val.parquet", "pairs").to_pylist()  # every image also in `a`
+    folder = dataset / "eval-pairs"
+    folder.mkdir()
+    for split in ("a", "val"):
+        shutil.copy(dataset / "pairs" / f"{split}.parquet", folder / f"{split}.parquet")
+    index = ShardIndex(dataset / "shards")
+    parts = [resolve_pairs(folder / f"{split}.parquet", index, columns=("prob",)) for split in ("a", "val")]
+    merged = merge_resolved(parts, index)
+    expected = resolved_pairs(parts[0]) + resolved_pairs(parts[1])
+    assert resolved_pairs(merged) == expected and len(expected) > len(parts[0].hi)
+    assert len(merged.index) == len({key for pair in expected for key in pair})
+    assert list(merged.dropped) == dropped + [len(rows) + i for i in parts[1].dropped]
+    assert list(merged.columns["prob"]) == [r["prob"] for i, r in enumerate(rows) if i not in dropped] \
+        + [r["prob"] for i, r in enumerate(val) if i not in parts[1].dropped]
+    evaluated = eval_pairs(folder, index)
+    assert resolved_pairs(evaluated) == expected
+    assert list(evaluated.split) == ["a"] * len(parts[0].hi) + ["val"] * len(parts[1].hi)
 
 
 def test_a_damaged_cache_is_rebuilt(dataset):
