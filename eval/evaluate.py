@@ -1,7 +1,8 @@
 """`iipa eval`: what a researcher reads after a run.
 
-Pairs (one manifest, or a pairs folder whose files are the splits) ──▶ the images they name, read
-shard by shard, each once ──▶ per image: the model's score, IIPA's score (when its weights are
+Pairs (one manifest, or a pairs folder whose files are the splits; read and resolved to rows by
+shards.locate.resolve_pairs, as the trainer reads them) ──▶ the images they name, read shard by
+shard, each once ──▶ per image: the model's score, IIPA's score (when its weights are
 given), the visual statistics and a face count ──▶ per pair: who was right ──▶ accuracy with
 bootstrap intervals overall and by rule, split, popularity gap and user activity, user-centred
 correlation, calibration and a bias check ──▶ REPORT/report.json (every number),
@@ -26,15 +27,20 @@ from eval.score import Scorer
 from eval.visual import STATS, face_detector, image_stats
 from shards.atomic import atomic_path
 from shards.console import UserError, check_out, progress
-from shards.locate import ShardIndex
+from shards.locate import ShardIndex, merge_resolved, resolve_pairs
 from shards.schema import parquet_files, read_table
+
+
+# The manifest columns eval reads besides the keys, for the pairs kept.
+PAIR_COLUMNS = ("user_id", "rule", "prob", "hi_pop", "lo_pop")
 
 
 @dataclass
 class Pairs:
     """The pairs whose two images are in the shards, as aligned arrays."""
 
-    hi: np.ndarray
+    index: ShardIndex  # the images these pairs use, and where their bytes sit
+    hi: np.ndarray  # rows of `index`
     lo: np.ndarray
     user: np.ndarray
     rule: np.ndarray
@@ -46,33 +52,33 @@ class Pairs:
 
 
 def load_pairs(path: Path, index: ShardIndex) -> Pairs:
-    """One manifest, or every manifest of a folder with its file name as the split."""
-    columns: dict[str, list] = {k: [] for k in ("hi_key", "lo_key", "user_id", "rule", "prob", "hi_pop", "lo_pop")}
-    split = []
-    for file in parquet_files(path):
-        table = read_table(file, "pairs")
-        for name, parts in columns.items():
-            parts.append(table.column(name).to_numpy(zero_copy_only=False))
-        split.append(np.full(table.num_rows, file.stem, dtype=object))
-    arrays = {k: np.concatenate(v) for k, v in columns.items()}
-    split_all = np.concatenate(split)
-    hi, lo = arrays["hi_key"], arrays["lo_key"]
-    present = index.both_present(hi, lo)
-    if not present.any():
-        raise UserError(f"{path}: none of its {len(hi)} pairs has both images in {index.dir}")
-    index.subset(index.rows(np.concatenate([hi[present], lo[present]]))).check_files()
-    return Pairs(hi[present], lo[present], arrays["user_id"][present], arrays["rule"][present],
-                 split_all[present], arrays["prob"][present], arrays["hi_pop"][present], arrays["lo_pop"][present],
-                 int((~present).sum()))
+    """One manifest, or every manifest of a folder with its file name as the split, through the
+    trainer's reader (cached beside each manifest); refused when no pair has both images."""
+    files = parquet_files(path)
+    parts = [resolve_pairs(file, index, columns=PAIR_COLUMNS) for file in files]
+    resolved = merge_resolved(parts, index)
+    if not len(resolved.hi):
+        raise UserError(f"{path}: none of its {resolved.missing} pairs has both images in {index.dir}")
+    resolved.index.check_files()
+    split = np.repeat(np.array([file.stem for file in files], dtype=object), [len(part.hi) for part in parts])
+    c = resolved.columns
+    return Pairs(resolved.index, resolved.hi, resolved.lo, c["user_id"], c["rule"], split, c["prob"],
+                 c["hi_pop"], c["lo_pop"], resolved.missing)
 
 
 def image_table(pairs: Pairs) -> dict[str, np.ndarray]:
-    """One row per distinct image of the pairs: key, user, log popularity S = ln(1 + p)."""
-    keys = np.concatenate([pairs.hi, pairs.lo])
-    keys, first = np.unique(keys, return_index=True)
+    """One row per distinct image of the pairs, in key order: its row of `pairs.index`, key, user,
+    log popularity S = ln(1 + p); and where each pair's images sit in it (hi_i, lo_i)."""
+    rows, first = np.unique(np.concatenate([pairs.hi, pairs.lo]), return_index=True)
+    keys = pairs.index.keys_of(rows)
+    order = np.argsort(keys)  # key order, as scores.parquet has always listed the images
+    rows, keys, first = rows[order], keys[order], first[order]
     users = np.concatenate([pairs.user, pairs.user])[first]
     pops = np.concatenate([pairs.hi_pop, pairs.lo_pop])[first]
-    return {"key": keys, "user": users, "log_pop": np.log1p(pops)}
+    position = np.empty(len(pairs.index), dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    return {"row": rows, "key": keys, "user": users, "log_pop": np.log1p(pops),
+            "hi_i": position[pairs.hi], "lo_i": position[pairs.lo]}
 
 
 class StatsPool:
@@ -100,15 +106,14 @@ def shard_reader(index: ShardIndex, shard: str, rows: np.ndarray):
     return lambda row: index.slice(data, row)
 
 
-def measure_images(keys: np.ndarray, index: ShardIndex, scorers: dict[str, Scorer], config: EvalConfig) -> dict:
-    """Read each image once (shard by shard, each tar sequentially) and compute every scorer's
-    score, the visual statistics and the face count; arrays aligned with `keys`."""
-    out = {name: np.full(len(keys), np.nan) for name in (*scorers, *STATS)}
-    out["faces"] = np.full(len(keys), -1, dtype=np.int64)
-    rows = index.rows(keys)  # every key is present: the pairs were filtered by both_present
+def measure_images(rows: np.ndarray, index: ShardIndex, scorers: dict[str, Scorer], config: EvalConfig) -> dict:
+    """Read each image (a row of `index`) once, shard by shard, each tar sequentially, and compute
+    every scorer's score, the visual statistics and the face count; arrays aligned with `rows`."""
+    out = {name: np.full(len(rows), np.nan) for name in (*scorers, *STATS)}
+    out["faces"] = np.full(len(rows), -1, dtype=np.int64)
     shard_of = index.shard[rows]
     stats_pool = StatsPool(config.threads, config.faces)
-    with progress(total=len(keys), desc="images", unit="img") as bar:
+    with progress(total=len(rows), desc="images", unit="img") as bar:
         for shard in np.unique(shard_of):
             positions = np.flatnonzero(shard_of == shard)
             read = shard_reader(index, index.shard_names[shard], rows[positions])
@@ -147,7 +152,7 @@ def accuracy_section(pairs: Pairs, correct: dict[str, np.ndarray], config: EvalC
     return {"accuracy": overall, "by": by}
 
 
-def bias_section(pairs: Pairs, images: dict, measured: dict, correct_model: np.ndarray) -> dict:
+def bias_section(images: dict, measured: dict, correct_model: np.ndarray) -> dict:
     """Does the model favour faces? Mean score and win rates with and without faces, beside how
     often such images truly won; and how the score follows simple visual statistics."""
     score = measured["model"]
@@ -157,9 +162,7 @@ def bias_section(pairs: Pairs, images: dict, measured: dict, correct_model: np.n
         section["faces"] = {"available": False, "why": "OpenCV with its Haar cascades is not installed "
                                                        "(pip install 'opencv-python-headless<5')"}
         return section
-    pos = {k: i for i, k in enumerate(images["key"])}
-    hi_i = np.array([pos[k] for k in pairs.hi])
-    lo_i = np.array([pos[k] for k in pairs.lo])
+    hi_i, lo_i = images["hi_i"], images["lo_i"]
     has = faces > 0
     model_hi_wins = score[hi_i] > score[lo_i]
     groups = {}
@@ -211,10 +214,8 @@ def evaluate(config: EvalConfig) -> dict:
         scorers["iipa"] = Scorer(f"iipa:{config.iipa}", config.backend, config.batch_size, config.threads,
                                  config.device)
     images = image_table(pairs)
-    measured = measure_images(images["key"], index, scorers, config)
-    pos = {k: i for i, k in enumerate(images["key"])}
-    hi_i = np.array([pos[k] for k in pairs.hi])
-    lo_i = np.array([pos[k] for k in pairs.lo])
+    measured = measure_images(images["row"], pairs.index, scorers, config)
+    hi_i, lo_i = images["hi_i"], images["lo_i"]
     # Figure-4 order: the model, IIPA's weights, the visual statistics; chance is added last.
     correct = {name: pair_correct(measured[name][hi_i], measured[name][lo_i]) for name in (*scorers, *STATS)}
     section = accuracy_section(pairs, correct, config)
@@ -228,7 +229,7 @@ def evaluate(config: EvalConfig) -> dict:
         "correlation": {name: user_centred_correlation(measured[name], images["log_pop"], images["user"])
                         for name in (*scorers, *STATS)},
         "calibration": {name: reliability(measured[name][hi_i], measured[name][lo_i]) for name in scorers},
-        "bias": bias_section(pairs, images, measured, correct["model"]),
+        "bias": bias_section(images, measured, correct["model"]),
         "preprocess": {name: s.meta["preprocess"] for name, s in scorers.items()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
     }

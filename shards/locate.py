@@ -1,17 +1,19 @@
 """Finding a sample's encoded bytes: key → row → (shard, offset, size), from the shards' Parquet slices.
 
-Pair manifests name keys only; this is where keys become bytes. At IIPA's scale (10 M images,
-millions of pairs, 8 ranks a node) start-up must not grow with what the trainer does not need:
-only the five columns that locate a sample are read, once: `shards build` keeps them as flat
-arrays in `DIR/.locate`, which every later reader memory-maps, its rows grouped by a hash of the
-key. Keys are resolved to integer rows by vectorised hash lookups (Arrow's `index_in`), one small
-one per group, and every sample is three numbers in flat arrays, never a Python object per key.
+Pair manifests name keys only; this is where keys become bytes, and where a manifest is read
+(`resolve_pairs`, for the trainer and eval alike: its pairs as rows, cached). At IIPA's scale
+(10 M images, millions of pairs, 8 ranks a node) start-up must not grow with what the trainer
+does not need: only the five columns that locate a sample are read, once: `shards build` keeps
+them as flat arrays in `DIR/.locate`, which every later reader memory-maps, its rows grouped by
+a hash of the key. Keys are resolved to integer rows by vectorised hash lookups (Arrow's
+`index_in`), one small one per group, and every sample is three numbers in flat arrays, never a
+Python object per key.
 Whole shards are read sequentially (as WebDataset intends) and sliced in memory.
 """
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -156,11 +158,6 @@ class ShardIndex:
         # Built only for the scalar look-ups of small tools and tests; the trainer never asks.
         return {k: i for i, k in enumerate(self.key_array.to_pylist())}
 
-    def both_present(self, hi, lo) -> np.ndarray:
-        """Mask of the pairs (hi[i], lo[i]) whose two images were sharded successfully."""
-        rows = self.rows(np.concatenate([hi, lo]))  # one lookup: the index's hash table is built per call
-        return (rows[:len(hi)] >= 0) & (rows[len(hi):] >= 0)
-
     def check_files(self) -> None:
         """Every tar this index points into exists and holds its samples' bytes: a missing or
         truncated shard is one clear line before the work, not a decoding failure in the middle
@@ -274,41 +271,58 @@ def write_locate_file(shards_dir: str | Path) -> None:
 @dataclass
 class ResolvedPairs:
     """A pair manifest resolved against a shards folder: each pair's two images as rows of a
-    compact index holding only the images these pairs use."""
+    compact index holding only the images these pairs use, in the manifest's order."""
 
     index: ShardIndex
     hi: np.ndarray  # int64 rows of `index`
     lo: np.ndarray
-    missing: int  # pairs dropped because an image is not in the shards
+    dropped: np.ndarray  # int64 manifest rows of the pairs left out: an image is not in the shards
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # further manifest columns, kept pairs only
+
+    @property
+    def missing(self) -> int:
+        return len(self.dropped)
 
 
 # Part of every fingerprint: bump it whenever what the files hold changes (a change of key_parts
 # is caught by the fingerprint's probe of it).
-CACHE_VERSION = 3  # 2: rows grouped by key partition (part_bounds); 3: the probe of key_parts
+CACHE_VERSION = 4  # 2: rows grouped by key partition (part_bounds); 3: the probe of key_parts; 4: dropped
 OFFSETS = {pa.string(): np.int32, pa.large_string(): np.int64}  # Arrow string offsets, by key type
 
 
-def resolve_pairs(pairs_file: str | Path, index: ShardIndex, cache: bool = True) -> ResolvedPairs:
-    """Resolve every pair's keys to rows once, vectorised; with `cache`, keep the result in
+def resolve_pairs(pairs_file: str | Path, index: ShardIndex, cache: bool = True,
+                  columns: tuple[str, ...] = ()) -> ResolvedPairs:
+    """The one reader of a pair manifest: every pair's keys resolved to rows once, vectorised,
+    the pairs missing an image dropped. With `cache`, the result is kept in
     `PAIRS/.{split}.resolved` (memory-mapped by every rank of a node, so they share one copy
     through the page cache), rebuilt whenever the shards' slices or the manifest change. A hit
-    never reads the slices (`index` loads them on first use), so splits may share one index."""
+    never reads the slices (`index` loads them on first use), so splits may share one index.
+    `columns` (e.g. user_id, rule) are read as well, for the kept pairs in their order; the
+    trainer asks for none and reads only the keys, and only when the cache is cold."""
     pairs_file = Path(pairs_file)
-    if not cache:
-        return _resolve(pairs_file, index)
-    path = pairs_file.with_name(f".{pairs_file.stem}.resolved")
-    fingerprint = _fingerprint(index.dir, pairs_file)
-    if (mapped := _map_arrays(path, fingerprint)) is not None:
-        header, a = mapped
-        return ResolvedPairs(ShardIndex(index.dir, _index_arrays(header, a)), a["hi"], a["lo"], header["missing"])
-    resolved = _resolve(pairs_file, index)
-    try:
-        header, flat = _flat_arrays(resolved.index.arrays())
-        _write_arrays(path, {"fingerprint": fingerprint, "missing": resolved.missing, **header},
-                      {"hi": resolved.hi, "lo": resolved.lo, **flat})
-    except OSError as exc:  # a read-only pairs folder: run without the cache
-        log.warning("cannot write the pair cache %s (%s); resolving again next time", path, exc)
+    resolved = _resolve_cached(pairs_file, index) if cache else _resolve(pairs_file, index)
+    if columns:
+        table = read_columns(pairs_file, "pairs", list(columns))
+        if table.num_rows != len(resolved.hi) + resolved.missing:
+            raise UserError(f"{pairs_file}: rewritten while it was read; run again")
+        resolved.columns = {name: np.delete(table.column(name).to_numpy(zero_copy_only=False), resolved.dropped)
+                            for name in columns}
     return resolved
+
+
+def merge_resolved(parts: list[ResolvedPairs], index: ShardIndex) -> ResolvedPairs:
+    """Several resolved manifests (e.g. the splits of a pairs folder) as one, in order, over one
+    compact index: an image two of them share is one row. `dropped` counts the manifests' rows
+    as if they were concatenated."""
+    if len(parts) == 1:
+        return parts[0]
+    full = [index.rows(part.index.key_array) for part in parts]  # each compact index's rows in `index`
+    hi = np.concatenate([rows[part.hi] for rows, part in zip(full, parts)])
+    lo = np.concatenate([rows[part.lo] for rows, part in zip(full, parts)])
+    starts = np.cumsum([0] + [len(part.hi) + part.missing for part in parts])
+    dropped = np.concatenate([part.dropped + start for part, start in zip(parts, starts)])
+    columns = {name: np.concatenate([part.columns[name] for part in parts]) for name in parts[0].columns}
+    return ResolvedPairs(*_compact(index, hi, lo), dropped, columns)
 
 
 def resolve_in_background(shards_dir: str | Path, pairs_files: list[Path]) -> Future:
@@ -328,6 +342,23 @@ def resolve_in_background(shards_dir: str | Path, pairs_files: list[Path]) -> Fu
     return future
 
 
+def _resolve_cached(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:
+    """`_resolve` through the cache file beside the manifest (see resolve_pairs)."""
+    path = pairs_file.with_name(f".{pairs_file.stem}.resolved")
+    fingerprint = _fingerprint(index.dir, pairs_file)
+    if (mapped := _map_arrays(path, fingerprint)) is not None:
+        header, a = mapped
+        return ResolvedPairs(ShardIndex(index.dir, _index_arrays(header, a)), a["hi"], a["lo"], a["dropped"])
+    resolved = _resolve(pairs_file, index)
+    try:
+        header, flat = _flat_arrays(resolved.index.arrays())
+        _write_arrays(path, {"fingerprint": fingerprint, **header},
+                      {"hi": resolved.hi, "lo": resolved.lo, "dropped": resolved.dropped, **flat})
+    except OSError as exc:  # a read-only pairs folder: run without the cache
+        log.warning("cannot write the pair cache %s (%s); resolving again next time", path, exc)
+    return resolved
+
+
 def _resolve(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:
     table = read_columns(pairs_file, "pairs", ["hi_key", "lo_key"])
     n = table.num_rows
@@ -335,14 +366,18 @@ def _resolve(pairs_file: Path, index: ShardIndex) -> ResolvedPairs:
     rows = index.rows(pa.chunked_array(table.column("hi_key").chunks + table.column("lo_key").chunks))
     hi, lo = rows[:n], rows[n:]
     present = (hi >= 0) & (lo >= 0)
-    hi, lo = hi[present], lo[present]
-    # The images these pairs use, in index order, renumbered: linear (a mask), not a sort.
+    return ResolvedPairs(*_compact(index, hi[present], lo[present]), np.flatnonzero(~present))
+
+
+def _compact(index: ShardIndex, hi: np.ndarray, lo: np.ndarray) -> tuple[ShardIndex, np.ndarray, np.ndarray]:
+    """The images that rows `hi` and `lo` of `index` use, as an index of their own (in index order,
+    renumbered: linear, a mask, not a sort), and hi and lo as its rows."""
     in_use = np.zeros(len(index), dtype=bool)
     in_use[hi] = in_use[lo] = True
     used = np.flatnonzero(in_use)
     number = np.zeros(len(index), dtype=np.int64)
     number[used] = np.arange(len(used))
-    return ResolvedPairs(index.subset(used), number[hi], number[lo], int((~present).sum()))
+    return index.subset(used), number[hi], number[lo]
 
 
 def _fingerprint(shards_dir: Path, *more: Path) -> str:

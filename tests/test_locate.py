@@ -1,5 +1,6 @@
 """The trainer's index: pairs resolved to rows without a Python object per key, cached beside
-the pairs and memory-mapped, invalidated when the shards change; DALI's crops follow the seed."""
+the pairs and memory-mapped, invalidated when the shards change, and read alike by eval with the
+columns it needs; DALI's crops follow the seed."""
 import hashlib
 import shutil
 
@@ -10,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from shards.locate import ShardIndex, key_parts, resolve_in_background, resolve_pairs
-from shards.schema import SchemaError, read_table
+from eval.evaluate import load_pairs as eval_pairs
+from shards.locate import ShardIndex, key_parts, merge_resolved, resolve_in_background, resolve_pairs
+from shards.schema import SchemaError, read_table, write_table
 from tests.conftest import jpeg_bytes, photo_arrays
 from train.config import DataConfig
 from train.data import load_pairs
@@ -96,6 +98,81 @@ def test_an_index_in_memory_gives_the_same_pairs_as_the_cached_path(dataset):
     cached = resolve_pairs(dataset / "pairs" / "val.parquet", ShardIndex(dataset / "shards"))
     assert list(in_memory.index.keys_of(in_memory.hi)) == list(cached.index.keys_of(cached.hi))
     assert in_memory.missing == cached.missing
+
+
+def manifest_with_absent_images(dataset, name="mixed") -> tuple[list[dict], list[int]]:
+    """PAIRS/{name}.parquet: val's pairs, with pairs naming an image the shards lack put first, in
+    the middle and last (either side); every row's columns tell it apart. Its rows, and the row
+    numbers of the pairs missing an image (by plain Python sets)."""
+    rows = read_table(dataset / "pairs" / "val.parquet", "pairs").to_pylist()
+    half = len(rows) // 2
+    rows = ([dict(rows[0], hi_key="absent_1")] + rows[:half] + [dict(rows[1], lo_key="absent_2")] + rows[half:]
+            + [dict(rows[2], hi_key="absent_3", lo_key="absent_4")])
+    for i, row in enumerate(rows):
+        row.update(user_id=f"user{i}", rule=f"rule{i % 3}", prob=0.95 + i / 1e4, hi_pop=1000.0 + i, lo_pop=float(i))
+    write_table(pa.Table.from_pylist(rows), dataset / "pairs" / f"{name}.parquet", "pairs")
+    ok = {r["key"] for r in read_table(dataset / "shards", "images").to_pylist() if r["status"] == "ok"}
+    return rows, [i for i, r in enumerate(rows) if r["hi_key"] not in ok or r["lo_key"] not in ok]
+
+
+EXTRA = ("user_id", "rule", "prob", "hi_pop", "lo_pop")
+
+
+def extra_columns(rows: list[dict], dropped: list[int]) -> list[tuple]:
+    return [tuple(r[c] for c in EXTRA) for i, r in enumerate(rows) if i not in dropped]
+
+
+def test_train_and_eval_read_a_manifest_alike(dataset):
+    """One reader: the trainer's pairs and eval's are the same pairs in the manifest's order, and
+    eval's columns belong to the pair beside them (the trainer resolves cold, eval maps its cache)."""
+    rows, dropped = manifest_with_absent_images(dataset)
+    assert len(dropped) >= 3
+    train = load_pairs(dataset / "pairs" / "mixed.parquet", dataset / "shards")
+    evaluated = eval_pairs(dataset / "pairs" / "mixed.parquet", ShardIndex(dataset / "shards"))
+    kept = [(r["hi_key"], r["lo_key"]) for i, r in enumerate(rows) if i not in dropped]
+    assert resolved_pairs(train) == resolved_pairs(evaluated) == kept
+    assert train.missing == evaluated.missing == len(dropped)
+    assert list(zip(evaluated.user, evaluated.rule, evaluated.prob, evaluated.hi_pop, evaluated.lo_pop)) \
+        == extra_columns(rows, dropped)
+    assert set(evaluated.split) == {"mixed"}
+
+
+def test_a_warm_cache_gives_what_a_cold_one_gave_extra_columns_included(dataset):
+    rows, dropped = manifest_with_absent_images(dataset)
+    path = dataset / "pairs" / "mixed.parquet"
+    cold = resolve_pairs(path, ShardIndex(dataset / "shards"), columns=EXTRA)
+    index = ShardIndex(dataset / "shards")
+    warm = resolve_pairs(path, index, columns=EXTRA)
+    assert "key_array" not in vars(index) and isinstance(warm.dropped, np.memmap)  # mapped, not resolved again
+    uncached = resolve_pairs(path, ShardIndex(dataset / "shards"), cache=False, columns=EXTRA)
+    for resolved in (cold, warm, uncached):
+        assert resolved_pairs(resolved) == resolved_pairs(cold)
+        assert list(resolved.dropped) == dropped
+        assert list(zip(*(resolved.columns[c] for c in EXTRA))) == extra_columns(rows, dropped)
+    assert resolve_pairs(path, index).columns == {}  # the trainer asks for none
+
+
+def test_splits_that_share_images_merge_over_one_index(dataset):
+    """eval's pairs folder: each file a split, the splits in file order; an image two of them
+    use is one row of the merged index, and the dropped rows count through both files."""
+    rows, dropped = manifest_with_absent_images(dataset, "a")
+    val = read_table(dataset / "pairs" / "val.parquet", "pairs").to_pylist()  # every image also in `a`
+    folder = dataset / "eval-pairs"
+    folder.mkdir()
+    for split in ("a", "val"):
+        shutil.copy(dataset / "pairs" / f"{split}.parquet", folder / f"{split}.parquet")
+    index = ShardIndex(dataset / "shards")
+    parts = [resolve_pairs(folder / f"{split}.parquet", index, columns=("prob",)) for split in ("a", "val")]
+    merged = merge_resolved(parts, index)
+    expected = resolved_pairs(parts[0]) + resolved_pairs(parts[1])
+    assert resolved_pairs(merged) == expected and len(expected) > len(parts[0].hi)
+    assert len(merged.index) == len({key for pair in expected for key in pair})
+    assert list(merged.dropped) == dropped + [len(rows) + i for i in parts[1].dropped]
+    assert list(merged.columns["prob"]) == [r["prob"] for i, r in enumerate(rows) if i not in dropped] \
+        + [r["prob"] for i, r in enumerate(val) if i not in parts[1].dropped]
+    evaluated = eval_pairs(folder, index)
+    assert resolved_pairs(evaluated) == expected
+    assert list(evaluated.split) == ["a"] * len(parts[0].hi) + ["val"] * len(parts[1].hi)
 
 
 def test_a_damaged_cache_is_rebuilt(dataset):
