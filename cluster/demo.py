@@ -48,7 +48,7 @@ def oracle_accuracy(images: Path, appeal: Path, pairs: Path) -> dict:
 
 def train_under_torchrun(config: DemoConfig, out: Path) -> None:
     # The whole image at `side` (resize = crop): a random crop could cut a subject off and change
-    # the count. With pairs capped at 60 a user, an epoch is about 190 steps at the default size,
+    # the count. With pairs capped at 60 a user, an epoch is about 390 steps at the default size,
     # after which the learning rate falls to 0.3× (a step schedule that steadies the last steps).
     from train.cli import run_training  # torch, only when the demo trains
 
@@ -58,7 +58,7 @@ def train_under_torchrun(config: DemoConfig, out: Path) -> None:
         optim=OptimConfig(lr_backbone=1e-3, lr_head=1e-3, lr_decay=0.3),
         model=ModelConfig(arch="resnet18"),
         run=RunConfig(out=out / "run", epochs=5, max_steps=config.steps, batch_pairs=config.batch_pairs,
-                      val_every=config.steps // 4, log_every=10, seed=config.seed))
+                      val_every=config.steps // 4, ckpt_every=config.steps, log_every=10, seed=config.seed))
     validate(train)
     if run_training(train, nproc_per_node=config.nproc, prog="iipa demo") != 0:
         raise RuntimeError("training failed; see the output above")
