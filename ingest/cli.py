@@ -103,7 +103,6 @@ def _archive(args) -> int:
     if unknown or not config.media:
         raise UserError(f"--media: unknown type(s) {', '.join(unknown) or '(none)'}; choose photo, video, animated_gif")
     check_out(config.out, folder=None)
-    config.columns, config.constants = config.columns or None, config.constants or None
     summary = ingest_archive(config)
     del summary["config"]
     print(json.dumps(summary))

@@ -1,8 +1,8 @@
 """Command-line flags derived from config dataclasses: a field's name, type, default and
 docstring are its flag's name, parser, default and help, so each exists in one place.
 
-`batch_pairs: int = 64` documented "Pairs per step per rank." becomes `--batch-pairs N`, whose
-help reads "Pairs per step per rank. (default 64)". A field holding a config section (a
+`batch_pairs: int = 64` documented "Pairs per step per rank." becomes `--batch-pairs
+BATCH_PAIRS`, whose help reads "Pairs per step per rank. (default 64)". A field holding a config section (a
 dataclass) adds that section's fields as flat flags of their own. A flag that is not given stays
 out of the parsed namespace, so a command builds its config as "defaults, then a file or a
 preset, then the flags given", and never mistakes a default for something the user typed.
@@ -76,7 +76,6 @@ class Leaf:
 
     path: tuple[str, ...]
     kind: Any  # the field's type, `| None` removed
-    optional: bool
     default: Any  # dataclasses.MISSING where the field is required
     doc: str
     flag: Flag
@@ -98,12 +97,12 @@ class Leaf:
         return parsed
 
 
-def _unwrap(hint) -> tuple[Any, bool]:
-    """`X | None` → (X, True); anything else → (it, False)."""
+def _unwrap(hint) -> Any:
+    """`X | None` → X; anything else as it is."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return (args[0] if len(args) == 1 else hint), len(args) < len(typing.get_args(hint))
-    return hint, False
+        return args[0] if len(args) == 1 else hint
+    return hint
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -118,11 +117,11 @@ def _leaves(cls: type, flags: dict[str, Flag], prefix: tuple[str, ...] = ()) -> 
     hints, docs, leaves = typing.get_type_hints(cls), field_docs(cls), []
     for f in fields(cls):
         path = (*prefix, f.name)
-        kind, optional = _unwrap(hints[f.name])
+        kind = _unwrap(hints[f.name])
         if is_dataclass(kind):
             leaves += _leaves(kind, flags, path)
         else:
-            leaves.append(Leaf(path, kind, optional, _default(f), docs.get(f.name, ""),
+            leaves.append(Leaf(path, kind, _default(f), docs.get(f.name, ""),
                                flags.get(".".join(path), Flag())))
     return leaves
 
@@ -169,7 +168,7 @@ def _argument(leaf: Leaf) -> tuple[list[str], dict[str, Any]]:
     elif origin in (tuple, list):
         item = args[0]
         if item is Path and not flag.positional:  # repeated, one path each
-            options.update(action="append", type=Path, default=argparse.SUPPRESS)
+            options.update(action="append", type=Path)
         elif flag.positional:
             options["type"] = item
         else:
@@ -186,8 +185,6 @@ def _argument(leaf: Leaf) -> tuple[list[str], dict[str, Any]]:
     if flag.positional:
         nargs = None if flag.positional == "1" else flag.positional
         options = {k: v for k, v in options.items() if k != "dest"} | ({"nargs": nargs} if nargs else {})
-        if nargs in ("*", "?"):
-            options["default"] = argparse.SUPPRESS
         return [leaf.dest], options
     if leaf.default is dataclasses.MISSING:
         options["required"] = True
@@ -238,6 +235,6 @@ def with_values(config: Any, values: dict[tuple[str, ...], Any]) -> Any:
             continue
         inner = {path[1:]: v for path, v in values.items() if len(path) > 1 and path[0] == f.name}
         if inner:
-            section = getattr(config, f.name) if not isinstance(config, type) else _unwrap(hints[f.name])[0]
+            section = getattr(config, f.name) if not isinstance(config, type) else _unwrap(hints[f.name])
             changes[f.name] = with_values(section, inner)
     return cls(**changes) if isinstance(config, type) else dataclasses.replace(config, **changes)

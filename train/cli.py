@@ -176,8 +176,9 @@ def launch_torchrun(config: TrainConfig, nproc_per_node: int, max_restarts: int,
     with tempfile.TemporaryDirectory(prefix="iipa-config-") as tmp:
         path = Path(tmp) / "train.yaml"
         path.write_text(yaml.safe_dump(config.to_dict()), encoding="utf-8")
+        # --out repeats the file's, so that `ps` shows which run each rank belongs to.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-               f"--max-restarts={max_restarts}", "-m", "train", "--config", str(path)]
+               f"--max-restarts={max_restarts}", "-m", "train", "--config", str(path), "--out", str(config.run.out)]
         return supervise(cmd, {**os.environ, RUN_LOCK: "held"}, prog)
 
 
