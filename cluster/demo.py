@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from cluster.config import DemoConfig
 from eval.config import EvalConfig
+from eval.evaluate import evaluate
 from eval.metrics import accuracy_with_interval, pair_correct
 from eval.report import plot_run_curve
 from eval.visual import STATS
@@ -28,7 +29,7 @@ from shards.build.fetch import FetchConfig
 from shards.pairs import PairsConfig, build_pairs
 from shards.build.resize import ResizeConfig
 from shards.schema import read_table, write_json
-from train.cli import validate
+from train.cli import run_training, validate
 from train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
 log = logging.getLogger("iipa.demo")
@@ -50,8 +51,6 @@ def train_under_torchrun(config: DemoConfig, out: Path) -> None:
     # The whole image at `side` (resize = crop): a random crop could cut a subject off and change
     # the count. With pairs capped at 60 a user, an epoch is about 390 steps at the default size,
     # after which the learning rate falls to 0.3× (a step schedule that steadies the last steps).
-    from train.cli import run_training  # torch, only when the demo trains
-
     train = TrainConfig(
         data=DataConfig(shards=out / "shards", pairs=out / "pairs", backend="torch", resize=config.side,
                         crop=config.side, threads=1),
@@ -145,7 +144,6 @@ def run_demo(config: DemoConfig) -> dict:
                                               fetch=FetchConfig(allow_hosts=(), allow_local=(out / "raw",)),
                                               resize=ResizeConfig(size=config.side)))
     stage("train", train_under_torchrun, config, out)
-    from eval.evaluate import evaluate  # torch: imported once the demo runs, not for --help
     report = stage("eval", evaluate, EvalConfig(str(out / "run" / "model.pth"), out / "shards",
                                                 out / "pairs" / "test.parquet", out / "eval"))
     accuracy = dict(report["accuracy"])

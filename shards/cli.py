@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from shards.build import BuildConfig, build_shards
 from shards.build.resize import RESAMPLE
 from shards.console import Parser, run_main
 from shards.flags import SKIP, ConfigFlags, Flag
@@ -26,8 +27,6 @@ REBUILD_FLAGS = {"shards": Flag(positional="1"), "by": Flag(choices=("none", "us
 
 
 def _build_parser(sub) -> None:
-    from shards.build import BuildConfig
-
     p = sub.add_parser("build", help="fetch, decode, resize and write shards on Ray",
                        description="Fetch, decode and resize the images of an images table into WebDataset shards.")
     ConfigFlags(BuildConfig, BUILD_FLAGS).add_to(p)
@@ -53,8 +52,6 @@ def shards_parser(prog: str) -> Parser:
 
 
 def _build(args) -> int:
-    from shards.build import BuildConfig, build_shards
-
     manifest = build_shards(ConfigFlags(BuildConfig, BUILD_FLAGS).build(args))
     print(json.dumps({k: manifest[k] for k in ("rows", "ok", "bytes", "status", "built_on_nodes", "retry")
                       if k in manifest}))
