@@ -1,6 +1,8 @@
 import hashlib
 import io
+import json
 import os
+import tarfile
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -12,6 +14,7 @@ from shards.build import BuildConfig, build_shards
 from shards.build.fetch import FetchConfig
 from shards.locate import ShardIndex
 from shards.build.resize import ResizeConfig
+from shards.build.writer import ShardWriter
 from shards.schema import read_table, write_table
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -87,3 +90,32 @@ def test_resume_rebuilds_only_incomplete_shards(ray_local, served):
     rows = read_table(shards, "images").to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(EXPECTED)
     assert sum(hits.values()) - sum(before.values()) <= 5  # only the rebuilt shard's rows were fetched again
+
+
+def tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """What the standard library writes for these members (USTAR, read-only, mtime 0)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_shard_writer_writes_the_bytes_tarfile_writes(photos, tmp_path):
+    samples = [(name, data, {"key": name, "likes": i}) for i, (name, data) in enumerate(photos.items())]
+    samples.append(("k" * 95, b"", {}))  # the longest key, an empty body
+    members = [m for key, jpeg, meta in samples for m in ((f"{key}.jpg", jpeg), (f"{key}.json", json.dumps(meta).encode()))]
+    writer = ShardWriter(tmp_path, "s-000000")
+    offsets = [writer.add(key, jpeg, meta) for key, jpeg, meta in samples]
+    writer.close()
+    data = writer.tmp.read_bytes()
+    assert data == tarfile_bytes(members)
+    assert [data[o:o + n] for o, n in offsets] == [jpeg for _, jpeg, _ in samples]
+    # A retry starts from the first sample's bytes and appends the rest: the same archive again.
+    writer.tmp.rename(tmp_path / "s-000000.tar")
+    again = ShardWriter(tmp_path, "s-000000", keep=offsets[1][0] - tarfile.BLOCKSIZE)
+    assert [again.add(key, jpeg, meta) for key, jpeg, meta in samples[1:]] == offsets[1:]
+    again.close()
+    assert again.tmp.read_bytes() == data
