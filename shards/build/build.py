@@ -8,7 +8,11 @@ returns one small summary per shard: results come back in batches, not one Ray c
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from hashlib import sha1
 from pathlib import Path
@@ -112,14 +116,37 @@ def variant_of(row: dict, config: BuildConfig) -> str | None:
     return config.fetch.remote_size
 
 
-def process_row(row: dict, client, config: BuildConfig) -> tuple[dict, bytes | None]:
+class CpuClock:
+    """CPU seconds of each step of a shard, summed over the threads that ran it. Thread time
+    counts only what a thread computes, not its waits on the network or the GIL, so the steps
+    add up to the actor's work and show where it goes beyond the unavoidable ones."""
+
+    def __init__(self):
+        self.seconds: Counter = Counter()
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def step(self, name: str):
+        start = time.thread_time()
+        try:
+            yield
+        finally:
+            spent = time.thread_time() - start
+            with self.lock:
+                self.seconds[name] += spent
+
+
+def process_row(row: dict, client, config: BuildConfig, clock: CpuClock | None = None) -> tuple[dict, bytes | None]:
     """Fetch, decode and resize one row; the row comes back with its status (errors are values)."""
+    clock = clock or CpuClock()
     try:
         row = {**row, "variant": variant_of(row, config)}
-        fetched = fetch(row["url"], client, config.fetch, row["variant"])
+        with clock.step("fetch"):
+            fetched = fetch(row["url"], client, config.fetch, row["variant"])
         if fetched.data is None:
             return {**row, "status": fetched.status, "error": fetched.error}, None
-        resized = resize_image(fetched.data, config.resize)
+        with clock.step("resize"):
+            resized = resize_image(fetched.data, config.resize)
     except Exception as exc:  # a bug on one image must not lose the shard: record it on the row
         return {**row, "status": "internal_error", "error": f"{type(exc).__name__}: {exc}"[:200]}, None
     if resized.data is None:
@@ -172,9 +199,12 @@ class ShardWorker:
 
         name, rows = job
         node = ray.get_runtime_context().get_node_id()  # which node built it: shows work spread
+        clock, started = CpuClock(), time.process_time()
         try:
-            results = self.pool.map(lambda r: process_row(r, self.client, self.config), rows.to_pylist())
-            return {**write_shard(Path(self.config.out), name, results), "node": node}
+            results = self.pool.map(lambda r: process_row(r, self.client, self.config, clock), rows.to_pylist())
+            with clock.step("write"):  # this thread: the tar and the slice, as the rows come in
+                summary = write_shard(Path(self.config.out), name, results)
+            return {**summary, "node": node, "cpu_s": {**clock.seconds, "process": time.process_time() - started}}
         except Exception as exc:
             return {"name": name, "rows": rows.num_rows, "ok": 0, "node": node,
                     "error": f"{type(exc).__name__}: {exc}"}
@@ -226,6 +256,7 @@ def build_shards(config: BuildConfig) -> dict:
     log.info("%d rows in %d shards, %d to build", table.num_rows,
              -(-table.num_rows // config.shard_size), len(jobs))
     results = run_shard_jobs(ShardWorker, config, "build", jobs)
+    cpu = cpu_per_image(results)
     failed = [r for r in results if "error" in r]
     nodes = {r["node"] for r in results if r.get("node")}
     settings = {"resize": asdict(config.resize), "shard_size": config.shard_size,
@@ -237,4 +268,19 @@ def build_shards(config: BuildConfig) -> dict:
         manifest = {**manifest, "retry": {"shards": len(retried), "rows": sum(r.get("retried", 0) for r in retried),
                                           "recovered": sum(r.get("recovered", 0) for r in retried)}}
     raise_if_failed(failed)
-    return {**manifest, "built_on_nodes": sorted(nodes)}
+    return {**manifest, "built_on_nodes": sorted(nodes), "cpu_ms_per_image": cpu}
+
+
+def cpu_per_image(results: list[dict]) -> dict[str, float]:
+    """The actors' CPU milliseconds an image, by step, over the shards built in this run:
+    fetch, resize (decode, resample, encode), write (tar and slice), and the rest of the
+    actors' process time while building (thread hand-offs, row bookkeeping, Ray's own threads)."""
+    seconds: Counter = Counter()
+    for result in results:
+        seconds.update(result.get("cpu_s", {}))
+    rows = sum(r["rows"] for r in results if "cpu_s" in r)
+    if not rows:
+        return {}
+    steps = {name: seconds[name] for name in ("fetch", "resize", "write")}
+    steps["other"] = max(0.0, seconds["process"] - sum(steps.values()))
+    return {name: round(value / rows * 1e3, 3) for name, value in steps.items()}
