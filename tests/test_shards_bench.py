@@ -29,6 +29,10 @@ def test_ingest_bench_quick_reports_a_ratio(ray_local, tmp_path):
     # (The server's CPU is read in clock ticks, 10 ms: at this size it may round to 0.)
     assert all(result[k] > 0 for k in ("fetch_ms", "decode_ms", "resample_ms", "encode_ms")) and result["server_ms"] >= 0
     assert result["cpu_bound_img_s"] < result["decoder_bound_img_s"]
+    # The actors timed their own steps, and the rest of the build's core time is accounted for.
+    assert set(result["build_core_ms"]) == {"fetch", "resize", "write", "other", "server", "idle", "rest"}
+    assert all(result["build_core_ms"][k] > 0 for k in ("fetch", "resize", "write"))
+    assert [r["img_s"] for r in result["rounds"]] == [result["value"]]
     # img2dataset (installed by `make test`) ran on the same URLs; its start-up is left out of its rate.
     assert find_img2dataset(), "make img2dataset"
     assert result["img2dataset_source"].startswith("measured")
