@@ -5,8 +5,8 @@ written last and marks the shard complete, so resume skips exactly the shards th
 
 Members are written by hand, not through `tarfile`: every member differs from the others only in
 its name, size and checksum, and building a `TarInfo` header and copying the body through a file
-object cost 0.12 ms of the actor's CPU a photo, more than the fetch's own Python. The bytes are
-those `tarfile` writes in USTAR format (tests/test_shards.py compares them).
+object cost 0.096 ms a sample (its two members) where this costs 0.031, on one thread. The bytes
+are those `tarfile` writes in USTAR format (tests/test_shards.py compares them).
 """
 from __future__ import annotations
 
