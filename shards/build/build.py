@@ -136,9 +136,8 @@ class CpuClock:
                 self.seconds[name] += spent
 
 
-def process_row(row: dict, client, config: BuildConfig, clock: CpuClock | None = None) -> tuple[dict, bytes | None]:
+def process_row(row: dict, client, config: BuildConfig, clock: CpuClock) -> tuple[dict, bytes | None]:
     """Fetch, decode and resize one row; the row comes back with its status (errors are values)."""
-    clock = clock or CpuClock()
     try:
         row = {**row, "variant": variant_of(row, config)}
         with clock.step("fetch"):
@@ -217,7 +216,8 @@ class ShardWorker:
         try:
             again = to_retry(rows.column("status"), status_patterns(self.config.retry_statuses))
             keep = kept_bytes(out / f"{name}.tar", rows)
-            fetched = iter(self.pool.map(lambda r: process_row(r, self.client, self.config),
+            clock = CpuClock()  # one for the shard, as in build (its figures are not reported here)
+            fetched = iter(self.pool.map(lambda r: process_row(r, self.client, self.config, clock),
                                          rows.filter(pa.array(again)).to_pylist()))
             results = (next(fetched) if retry else (row, KEPT) for row, retry in zip(rows.to_pylist(), again))
             was_ok = int(pc.sum(pc.equal(rows.column("status"), OK)).as_py() or 0)
