@@ -114,3 +114,17 @@ def test_a_body_trickled_slower_than_total_timeout_is_cut_off(http_server, photo
     result = fetch(f"{base}/slow.jpg", http_client(1), config)
     assert result.status == "timeout" and "not complete after 0.5s" in result.error
     assert time.monotonic() - start < 2  # the whole body would take several seconds
+
+
+def test_a_refused_connection_is_a_connection_error_not_a_timeout():
+    """urllib3 makes NewConnectionError a subclass of ConnectTimeoutError; the status must still
+    say what happened, so that a user reading `timeout` looks at slow hosts, not dead ones."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    result = fetch(f"http://127.0.0.1:{port}/a.jpg", http_client(1), FetchConfig(allow_hosts=("127.0.0.1",), retries=0))
+    assert result.status == "connection_error" and "refused" in result.error.lower()
+    assert time.monotonic() - started < 5  # refused at once, not waited out

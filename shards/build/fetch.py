@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlun
 
 import certifi
 import urllib3
-from urllib3.exceptions import HTTPError, LocationValueError, ProtocolError
+from urllib3.exceptions import HTTPError, LocationValueError, NewConnectionError, ProtocolError
 
 X_MEDIA_HOSTS = ("pbs.twimg.com", "ton.twimg.com")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -244,6 +244,8 @@ def _http_once(client: urllib3.PoolManager, url: str, config: FetchConfig) -> Fe
 def _http_attempt(client: urllib3.PoolManager, url: str, config: FetchConfig) -> Fetched:
     try:
         return _http_once(client, url, config)
+    except NewConnectionError as exc:  # a refused or unreachable host: urllib3 files it under its timeouts
+        return Fetched(status="connection_error", error=str(exc)[:200])
     except urllib3.exceptions.TimeoutError as exc:  # before HTTPError, its base
         return Fetched(status="timeout", error=str(exc)[:200])
     except LocationValueError as exc:
