@@ -33,6 +33,8 @@ def test_ingest_bench_quick_reports_a_ratio(ray_local, tmp_path):
     assert set(result["build_core_ms"]) == {"fetch", "resize", "write", "other", "server", "idle", "rest"}
     assert all(result["build_core_ms"][k] > 0 for k in ("fetch", "resize", "write"))
     assert [r["img_s"] for r in result["rounds"]] == [result["value"]]
+    assert result["working_img_s"] > result["value"] and result["outside_working_s"] > 0
+    assert result["working_share_of_cpu_bound"] > result["share_of_cpu_bound"]
     # img2dataset (installed by `make test`) ran on the same URLs; its start-up is left out of its rate.
     assert find_img2dataset(), "make img2dataset"
     assert result["img2dataset_source"].startswith("measured")
@@ -92,5 +94,8 @@ def test_x_like_bench_fetches_the_small_variant_and_fewer_bytes(ray_local, tmp_p
     assert set(read_table(tmp_path / "shards-x-medium", "images").column("variant").to_pylist()) == {"medium"}
     assert result["auto_bytes_per_image"] < 0.7 * result["medium_bytes_per_image"] and result["bytes_saved"] > 0.3
     assert result["value"] > 0 and result["medium_img_s"] > 0 and result["baseline_value"] > 0
+    # Over its working span the build is faster than over the whole run (the pool's start-up left out).
+    assert result["working_img_s"] > result["value"] and result["working_ratio"] > result["ratio"]
+    assert [r["img_s"] for r in result["rounds"]] == [result["value"]]
     write_summary([result], tmp_path / "bench.json")
     assert Image.open(tmp_path / "bench-ingest-x.png").size[0] > 0

@@ -198,12 +198,13 @@ class ShardWorker:
 
         name, rows = job
         node = ray.get_runtime_context().get_node_id()  # which node built it: shows work spread
-        clock, started = CpuClock(), time.process_time()
+        clock, cpu_start, started = CpuClock(), time.process_time(), time.time()
         try:
             results = self.pool.map(lambda r: process_row(r, self.client, self.config, clock), rows.to_pylist())
             with clock.step("write"):  # this thread: the tar and the slice, as the rows come in
                 summary = write_shard(Path(self.config.out), name, results)
-            return {**summary, "node": node, "cpu_s": {**clock.seconds, "process": time.process_time() - started}}
+            return {**summary, "node": node, "cpu_s": {**clock.seconds, "process": time.process_time() - cpu_start},
+                    "started": started, "finished": time.time()}
         except Exception as exc:
             return {"name": name, "rows": rows.num_rows, "ok": 0, "node": node,
                     "error": f"{type(exc).__name__}: {exc}"}
@@ -268,7 +269,17 @@ def build_shards(config: BuildConfig) -> dict:
         manifest = {**manifest, "retry": {"shards": len(retried), "rows": sum(r.get("retried", 0) for r in retried),
                                           "recovered": sum(r.get("recovered", 0) for r in retried)}}
     raise_if_failed(failed)
-    return {**manifest, "built_on_nodes": sorted(nodes), "cpu_ms_per_image": cpu}
+    return {**manifest, "built_on_nodes": sorted(nodes), "cpu_ms_per_image": cpu, "working_s": working_seconds(results)}
+
+
+def working_seconds(results: list[dict]) -> float | None:
+    """Wall seconds from the first shard started to the last one finished in this run: the
+    build without the pool's start-up and the manifest (wall clocks of the nodes, which on a
+    cluster agree to NTP's milliseconds)."""
+    timed = [r for r in results if "started" in r]
+    if not timed:
+        return None
+    return round(max(r["finished"] for r in timed) - min(r["started"] for r in timed), 3)
 
 
 def cpu_per_image(results: list[dict]) -> dict[str, float]:
