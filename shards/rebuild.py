@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from shards.build.build import write_shard
 from shards.console import UserError, check_out
-from shards.build.pool import prepare_out, raise_if_failed, run_shard_jobs, write_manifest
+from shards.build.pool import entries, prepare_out, raise_if_failed, run_shard_jobs, write_manifest
 from shards.build.resize import ResizeConfig, check_resize, resize_image
 from shards.schema import OK, read_table
 from shards.build.writer import is_complete, shard_name
@@ -156,10 +156,12 @@ def rebuild_shards(config: RebuildConfig) -> dict:
     prepare_out(Path(config.out), config.prefix, table.column("key").to_pylist(), config.shard_size, settings,
                 asdict(config))
     log.info("%d rows, %d shards to write", table.num_rows, len(jobs))
-    failed = [r for r in run_shard_jobs(RebuildWorker, config, "rebuild", jobs) if "error" in r]
+    results = run_shard_jobs(RebuildWorker, config, "rebuild", jobs)
+    failed = [r for r in results if "error" in r]
     resize = asdict(config.resize) | {"size": config.size} if config.size else _source_resize(config.shards)
     manifest = write_manifest(Path(config.out), config.prefix, {"resize": resize, "shard_size": config.shard_size,
-                                                                "by": config.by, "rebuilt_from": str(config.shards)})
+                                                                "by": config.by, "rebuilt_from": str(config.shards)},
+                              known=entries(results))
     raise_if_failed(failed)
     return manifest
 

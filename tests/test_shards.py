@@ -57,12 +57,20 @@ def config(tmp_path, **kw) -> BuildConfig:
                        resize=ResizeConfig(size=64), **kw)
 
 
+def summaries_read_back(shards) -> list[dict]:
+    from shards.build.pool import shard_summary
+
+    return [shard_summary(p) for p in sorted(shards.glob("shard-*.parquet"))]
+
+
 def test_build_records_every_row_and_shards_read_back(ray_local, served):
     tmp_path, hits = served
     manifest = build_shards(config(tmp_path))
     rows = read_table(tmp_path / "shards", "images").to_pylist()
     assert {r["key"]: r["status"] for r in rows} == EXPECTED
     assert hits["/flaky.jpg"] == 2 and manifest["rows"] == len(EXPECTED) and manifest["ok"] == 6
+    # The actors' summaries of what they wrote are what the slices say when read back.
+    assert manifest["shards"] == summaries_read_back(tmp_path / "shards")
     ok = {r["key"]: r for r in rows if r["status"] == "ok"}
     for r in ok.values():
         assert min(r["width"], r["height"]) == 64 and r["orig_width"] >= 64
@@ -85,8 +93,9 @@ def test_resume_rebuilds_only_incomplete_shards(ray_local, served):
     stamp = kept.stat().st_mtime_ns
     os.remove(shards / "shard-000001.parquet")  # as if killed before this shard completed
     before = dict(hits)
-    build_shards(config(tmp_path))
+    manifest = build_shards(config(tmp_path))
     assert kept.stat().st_mtime_ns == stamp
+    assert manifest["shards"] == summaries_read_back(shards)  # the kept shards read, the rebuilt one summarised
     rows = read_table(shards, "images").to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(EXPECTED)
     assert sum(hits.values()) - sum(before.values()) <= 5  # only the rebuilt shard's rows were fetched again

@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 from shards.console import UserError, check_out
 from shards.dali_index import write_index
 from shards.build.fetch import FetchConfig, Fetched, fetch, http_client, is_x_media, x_variant
-from shards.build.pool import prepare_out, raise_if_failed, run_pool, run_shard_jobs, start_ray, write_manifest
+from shards.build.pool import (entries, prepare_out, raise_if_failed, run_pool, run_shard_jobs, start_ray, summarise,
+                               write_manifest)
 from shards.build.resize import ResizeConfig, check_resize, resize_image
 from shards.build.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
 from shards.schema import IMAGES, OK, conform, read_table
@@ -217,11 +218,12 @@ def write_shard(out: Path, name: str, results, keep: int = 0, clock: CpuClock | 
                 row["shard"] = f"{name}.tar"
             done.append(row)
         with step("write"):
-            writer.finish(conform(pa.Table.from_pylist(done), IMAGES, name))
+            table = conform(pa.Table.from_pylist(done), IMAGES, name)
+            entry = summarise(table, writer.finish(table))
     except BaseException:
         writer.abort()
         raise
-    return {"name": name, "rows": len(done), "ok": sum(r["status"] == OK for r in done)}
+    return {"name": name, "rows": len(done), "ok": entry["ok"], "entry": entry}
 
 
 KEPT = object()  # write_shard: this row's sample stays where it is in the tar
@@ -306,7 +308,8 @@ def build_shards(config: BuildConfig) -> dict:
                 "remote_size": config.fetch.remote_size}
     retried = retry_failed_rows(config, table.num_rows, {name for name, _ in jobs}, settings) if config.retry_failed else []
     failed += [r for r in retried if "error" in r]
-    manifest = write_manifest(Path(config.out), config.prefix, settings)
+    # The shards built now come summarised by their actors (retries touch only older shards).
+    manifest = write_manifest(Path(config.out), config.prefix, settings, known=entries(results))
     if config.retry_failed:
         manifest = {**manifest, "retry": {"shards": len(retried), "rows": sum(r.get("retried", 0) for r in retried),
                                           "recovered": sum(r.get("recovered", 0) for r in retried)}}
