@@ -185,11 +185,11 @@ def processed(rows: list[dict], pool: ThreadPoolExecutor, client, config: BuildC
     submitted = in_flight = emitted = 0
     while emitted < len(rows):
         if in_flight < batch and submitted < len(rows):
-            for i in range(submitted, min(submitted + batch, len(rows))):
+            end = min(submitted + batch, len(rows))
+            for i in range(submitted, end):
                 future = pool.submit(fetch_row, rows[i], client, config, clock)
                 future.add_done_callback(lambda done, i=i: arrived.put((i, done)))
-            in_flight += min(submitted + batch, len(rows)) - submitted
-            submitted = min(submitted + batch, len(rows))
+            in_flight, submitted = in_flight + end - submitted, end
         i, future = arrived.get()
         in_flight -= 1
         decoded[i] = resize_row(*future.result(), config, clock)
