@@ -2,10 +2,10 @@
 docstring are its flag's name, parser, default and help, so each exists in one place.
 
 `batch_pairs: int = 64` documented "Pairs per step per rank." becomes `--batch-pairs
-BATCH_PAIRS`, whose help reads "Pairs per step per rank. (default 64)". A field holding a config section (a
-dataclass) adds that section's fields as flat flags of their own. A flag that is not given stays
-out of the parsed namespace, so a command builds its config as "defaults, then a file or a
-preset, then the flags given", and never mistakes a default for something the user typed.
+BATCH_PAIRS`, whose help reads "Pairs per step per rank. (default 64)". A field holding a config
+section (a dataclass) adds that section's fields as flat flags of their own. A flag that is not
+given stays out of the parsed namespace, so a command builds its config as "defaults, then a file
+or a preset, then the flags given", and never mistakes a default for something the user typed.
 
 How a type reads on the command line:
 - `bool`: `--name` and `--no-name`;

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cluster.benches.ingest import find_img2dataset, img2dataset_rate, make_photos, serve
+from cluster.benches.ingest import find_img2dataset, img2dataset_rate, make_photos, serve, timed_build
 
 TARGET_FACTOR = 3.0
 SIZE = 256
@@ -67,47 +66,39 @@ def images_table(urls: list[str], paths: list[Path], path: Path) -> Path:
     return write_table(pa.Table.from_pylist(rows), path, "images")
 
 
-def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_size: int) -> dict:
+def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_size: int, server_pid: int, n: int,
+               fresh_ray: bool) -> dict:
     """images/s of `shards build` asking for `remote_size` (on the whole run, and over its working
-    span: first shard started to last finished), and the bytes it fetched per image."""
-    from shards.build import BuildConfig, build_shards
+    span: first shard started to last finished), and the bytes it fetched per image; timed as the
+    ingest bench times its builds (`timed_build`)."""
+    from shards.build import BuildConfig
     from shards.build.fetch import FetchConfig
     from shards.build.resize import ResizeConfig
     from shards.schema import read_table
 
-    shutil.rmtree(out, ignore_errors=True)
     loopback = ("127.0.0.1",)
     config = BuildConfig(images=table, out=out, shard_size=shard_size, workers=2, threads=8,
                          fetch=FetchConfig(allow_hosts=loopback, x_hosts=loopback, remote_size=remote_size),
                          resize=ResizeConfig(size=SIZE))
-    start = time.perf_counter()
-    manifest = build_shards(config)
-    seconds = time.perf_counter() - start
+    built = timed_build(config, server_pid, n, fresh_ray)
     rows = read_table(out, "images").to_pylist()
-    if manifest["ok"] != len(rows):
-        raise RuntimeError(f"only {manifest['ok']} of {len(rows)} images were stored: {manifest['status']}")
     fetched = [folder / f"{Path(r['url']).stem}.{r['variant']}.jpg" for r in rows]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["variant"]] = counts.get(r["variant"], 0) + 1
-    return {"img_s": len(rows) / seconds, "working_img_s": len(rows) / manifest["working_s"],
-            "bytes_per_image": sum(os.path.getsize(p) for p in fetched) / len(rows), "variants": dict(sorted(counts.items()))}
+    return {"img_s": n / built["seconds"], "working_img_s": n / built["manifest"]["working_s"],
+            "bytes_per_image": sum(os.path.getsize(p) for p in fetched) / n, "variants": dict(sorted(counts.items()))}
 
 
 def one_round(table: Path, work: Path, folder: Path, medium_urls: list[str], exe: str, shard_size: int,
-              fresh_ray: bool) -> dict:
+              server_pid: int, fresh_ray: bool) -> dict:
     """The three tools one after the other; with `fresh_ray`, each build on a new Ray instance and
     img2dataset with Ray shut down (else on the Ray the caller started: a test's)."""
     import ray
 
-    from shards.build.pool import start_ray
-
-    built = {}
-    for remote_size in ("auto", "medium"):
-        if fresh_ray:
-            ray.shutdown()
-        start_ray(None)
-        built[remote_size] = build_rate(table, work / f"shards-x-{remote_size}", folder, remote_size, shard_size)
+    built = {remote_size: build_rate(table, work / f"shards-x-{remote_size}", folder, remote_size, shard_size,
+                                     server_pid, len(medium_urls), fresh_ray)
+             for remote_size in ("auto", "medium")}
     if fresh_ray:
         ray.shutdown()
     rival = img2dataset_rate(exe, medium_urls, work, SIZE)
@@ -133,8 +124,8 @@ def run(config) -> dict:
         medium_urls = [x_media_url(u, "medium", ("127.0.0.1",)) for u in urls]
         # Rounds, each tool once a round, and the round with the median ratio reported: this
         # machine's speed drifts by 10-20% within a minute, as much as the gap being measured.
-        rounds = [one_round(table, work, folder, medium_urls, exe, 100 if config.quick else 250, not config.quick)
-                  for _ in range(config.pick(1, 2, 3))]
+        rounds = [one_round(table, work, folder, medium_urls, exe, 100 if config.quick else 250, server.pid,
+                            not config.quick) for _ in range(config.pick(1, 2, 3))]
     finally:
         server.kill()
         server.wait()

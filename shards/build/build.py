@@ -147,7 +147,11 @@ def fetch_row(row: dict, client, config: BuildConfig, clock: CpuClock) -> tuple[
         with clock.step("fetch"):
             return row, fetch(row["url"], client, config.fetch, row["variant"])
     except Exception as exc:  # a bug on one image must not lose the shard: record it on the row
-        return {**row, "status": "internal_error", "error": f"{type(exc).__name__}: {exc}"[:200]}, None
+        return internal_error(row, exc), None
+
+
+def internal_error(row: dict, exc: Exception) -> dict:
+    return {**row, "status": "internal_error", "error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
 def resize_row(row: dict, fetched: Fetched | None, config: BuildConfig, clock: CpuClock) -> tuple[dict, bytes | None]:
@@ -159,8 +163,8 @@ def resize_row(row: dict, fetched: Fetched | None, config: BuildConfig, clock: C
     try:
         with clock.step("resize"):
             resized = resize_image(fetched.data, config.resize)
-    except Exception as exc:
-        return {**row, "status": "internal_error", "error": f"{type(exc).__name__}: {exc}"[:200]}, None
+    except Exception as exc:  # as in fetch_row
+        return internal_error(row, exc), None
     if resized.data is None:
         return {**row, "status": resized.status, "error": resized.error}, None
     return {**row, "status": OK, "error": None, "width": resized.width, "height": resized.height,
