@@ -38,6 +38,7 @@ def test_ingest_bench_quick_reports_a_ratio(ray_local, tmp_path):
     # img2dataset (installed by `make test`) ran on the same URLs; its start-up is left out of its rate.
     assert find_img2dataset(), "make img2dataset"
     assert result["img2dataset_source"].startswith("measured")
+    assert result["steady_vs_img2dataset"] > 0  # measured between two measures of the bound
     assert 0 < result["img2dataset_wall_img_s"] < result["img2dataset_img_s"] and result["img2dataset_startup_s"] > 0
     assert len(list((tmp_path / "img2dataset" / "shards").glob("*.tar"))) == 1
     write_summary([result], tmp_path / "bench.json")
@@ -97,5 +98,12 @@ def test_x_like_bench_fetches_the_small_variant_and_fewer_bytes(ray_local, tmp_p
     # Over its working span the build is faster than over the whole run (the pool's start-up left out).
     assert result["working_img_s"] > result["value"] and result["working_ratio"] > result["ratio"]
     assert [r["img_s"] for r in result["rounds"]] == [result["value"]]
+    # The CPU bound is of the small variants the build fetched; one shard keeps one of the two
+    # cores busy, so the build stays under the bound even over its working span.
+    assert 0 < result["share_of_cpu_bound"] < result["working_share_of_cpu_bound"] < 1
+    assert result["bound_vs_img2dataset"] > 0 and result["steady_ratio"] > 0
+    assert all(result[k] > 0 for k in ("fetch_ms", "decode_ms", "resample_ms", "encode_ms"))
+    assert set(result["build_core_ms"]) == {"fetch", "resize", "write", "other", "server", "idle", "rest"}
+    assert result["build_core_ms"]["resize"] > 0 and result["overhead_ms"] > 0
     write_summary([result], tmp_path / "bench.json")
     assert Image.open(tmp_path / "bench-ingest-x.png").size[0] > 0

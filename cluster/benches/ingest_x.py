@@ -7,17 +7,26 @@ before), and img2dataset given the `medium` URLs. Reported: images/s and the byt
 image of each. The photos are made as the ingest bench makes them (cluster/benches/ingest.py).
 At full size the three run in three rounds and the round with the median ratio is reported,
 every round listed; `working_ratio` compares both tools over their working spans (img2dataset's
-rate leaves its start-up out; `ratio` counts our pool's start-up and manifest).
+rate leaves its start-up out; `ratio` counts our pool's start-up and manifest). The CPU bound
+(`cpu_bound_img_s`) is the ingest bench's, on the variants the automatic choice fetches, measured
+before and after the automatic build: what the build could reach if the pipeline cost nothing,
+and so how far 3× img2dataset is within reach on this machine (`bound_vs_img2dataset`). It is
+measured around img2dataset's run too, and `steady_ratio` (the median over rounds) divides each
+tool's rate by the bound measured around it, so that the machine's drift between the two runs
+cancels.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cluster.benches.ingest import find_img2dataset, img2dataset_rate, make_photos, serve, timed_build
+from cluster.benches.ingest import (cpu_budget, draw_core_time, find_img2dataset, img2dataset_rate, make_photos,
+                                    mean_budget, serve, steady_ratio, timed_build, where_core_time_went)
 
 TARGET_FACTOR = 3.0
 SIZE = 256
@@ -69,8 +78,8 @@ def images_table(urls: list[str], paths: list[Path], path: Path) -> Path:
 def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_size: int, server_pid: int, n: int,
                fresh_ray: bool) -> dict:
     """images/s of `shards build` asking for `remote_size` (on the whole run, and over its working
-    span: first shard started to last finished), and the bytes it fetched per image; timed as the
-    ingest bench times its builds (`timed_build`)."""
+    span: first shard started to last finished), the bytes it fetched per image and where its core
+    time went; timed as the ingest bench times its builds (`timed_build`)."""
     from shards.build import BuildConfig
     from shards.build.fetch import FetchConfig
     from shards.build.resize import ResizeConfig
@@ -87,22 +96,41 @@ def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_siz
     for r in rows:
         counts[r["variant"]] = counts.get(r["variant"], 0) + 1
     return {"img_s": n / built["seconds"], "working_img_s": n / built["manifest"]["working_s"],
-            "bytes_per_image": sum(os.path.getsize(p) for p in fetched) / n, "variants": dict(sorted(counts.items()))}
+            "bytes_per_image": sum(os.path.getsize(p) for p in fetched) / n, "variants": dict(sorted(counts.items())),
+            "build_core_ms": where_core_time_went(built["manifest"]["cpu_ms_per_image"], built["server_s"],
+                                                  built["idle_s"], built["seconds"], n)}
+
+
+def auto_variants(table: Path, urls: list[str], paths: list[Path]) -> tuple[list[str], list[Path]]:
+    """Each photo's URL and file as the automatic choice fetches it (the CPU budget's inputs)."""
+    from shards.build.fetch import x_media_url, x_variant
+    from shards.schema import read_table
+
+    rows = read_table(table, "images").to_pylist()
+    variants = [x_variant(r["orig_width"], r["orig_height"], SIZE) for r in rows]
+    return ([x_media_url(u, v, ("127.0.0.1",)) for u, v in zip(urls, variants)],
+            [p.with_name(f"{p.stem}.{v}.jpg") for p, v in zip(paths, variants)])
 
 
 def one_round(table: Path, work: Path, folder: Path, medium_urls: list[str], exe: str, shard_size: int,
-              server_pid: int, fresh_ray: bool) -> dict:
-    """The three tools one after the other; with `fresh_ray`, each build on a new Ray instance and
+              server_pid: int, fresh_ray: bool, budget) -> dict:
+    """The three tools one after the other, the automatic build and img2dataset each between two
+    measures of the CPU `budget`; with `fresh_ray`, each build on a new Ray instance and
     img2dataset with Ray shut down (else on the Ray the caller started: a test's)."""
     import ray
 
-    built = {remote_size: build_rate(table, work / f"shards-x-{remote_size}", folder, remote_size, shard_size,
-                                     server_pid, len(medium_urls), fresh_ray)
-             for remote_size in ("auto", "medium")}
+    n = len(medium_urls)
+    before = budget()
+    auto = build_rate(table, work / "shards-x-auto", folder, "auto", shard_size, server_pid, n, fresh_ray)
+    auto["budget"] = mean_budget(before, budget())
+    medium = build_rate(table, work / "shards-x-medium", folder, "medium", shard_size, server_pid, n, fresh_ray)
     if fresh_ray:
         ray.shutdown()
-    rival = img2dataset_rate(exe, medium_urls, work, SIZE)
-    return {**built, "img2dataset": rival, "ratio": built["auto"]["img_s"] / rival["img2dataset_img_s"]}
+    before = budget()
+    rival = {**img2dataset_rate(exe, medium_urls, work, SIZE), "budget": mean_budget(before, budget())}
+    return {"auto": auto, "medium": medium, "img2dataset": rival, "ratio": auto["img_s"] / rival["img2dataset_img_s"],
+            "steady_ratio": steady_ratio(auto["img_s"], auto["budget"]["cpu_bound_img_s"], rival["img2dataset_img_s"],
+                                         rival["budget"]["cpu_bound_img_s"])}
 
 
 def run(config) -> dict:
@@ -122,15 +150,20 @@ def run(config) -> dict:
         urls = [f"{base}/{p.name}" for p in paths]
         table = images_table(urls, paths, work / "images-x.parquet")
         medium_urls = [x_media_url(u, "medium", ("127.0.0.1",)) for u in urls]
+        auto_urls, auto_paths = auto_variants(table, urls, paths)
+        sample = random.Random(0).sample(auto_paths, config.pick(16, 100, 200))
+        budget = lambda: cpu_budget(auto_urls[:config.pick(16, 300, 500)], sample, SIZE, server.pid)
         # Rounds, each tool once a round, and the round with the median ratio reported: this
         # machine's speed drifts by 10-20% within a minute, as much as the gap being measured.
         rounds = [one_round(table, work, folder, medium_urls, exe, 100 if config.quick else 250, server.pid,
-                            not config.quick) for _ in range(config.pick(1, 2, 3))]
+                            not config.quick, budget) for _ in range(config.pick(1, 2, 3))]
     finally:
         server.kill()
         server.wait()
     chosen = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
     auto, medium, rival = chosen["auto"], chosen["medium"], chosen["img2dataset"]
+    bound = auto["budget"]["cpu_bound_img_s"]
+    steps = {k: round(v, 3) for k, v in auto["budget"].items() if k.endswith("_ms") and k != "resize_image_ms"}
     medium_bytes = sum(os.path.getsize(p.with_name(f"{p.stem}.medium.jpg")) for p in paths) / n
     return {"stage": "ingest-x", "unit": "images/s", "value": round(auto["img_s"], 1),
             "baseline": "img2dataset given the medium URLs", "baseline_value": round(rival["img2dataset_img_s"], 1),
@@ -139,6 +172,12 @@ def run(config) -> dict:
             # as img2dataset's rate already is, so neither tool's start-up counts.
             "working_img_s": round(auto["working_img_s"], 1),
             "working_ratio": round(auto["working_img_s"] / rival["img2dataset_img_s"], 2),
+            "cpu_bound_img_s": round(bound, 1), "share_of_cpu_bound": round(auto["img_s"] / bound, 3),
+            "working_share_of_cpu_bound": round(auto["working_img_s"] / bound, 3),
+            "bound_vs_img2dataset": round(bound / rival["img2dataset_img_s"], 2), **steps,
+            "build_core_ms": auto["build_core_ms"],
+            "overhead_ms": round(auto["budget"]["cores"] * 1e3 * (1 / auto["img_s"] - 1 / bound), 3),
+            "steady_ratio": round(statistics.median(r["steady_ratio"] for r in rounds), 2),
             "images": n, "stored_side": SIZE, "source_pixels": f"{lo}-{hi} a side",
             "auto_bytes_per_image": round(auto["bytes_per_image"]), "auto_variants": auto["variants"],
             "medium_img_s": round(medium["img_s"], 1), "medium_bytes_per_image": round(medium["bytes_per_image"]),
@@ -146,22 +185,27 @@ def run(config) -> dict:
             "bytes_saved": round(1 - auto["bytes_per_image"] / medium_bytes, 3),
             "img2dataset_wall_img_s": round(rival["img2dataset_wall_img_s"], 1),
             "rounds": [{"img_s": round(r["auto"]["img_s"], 1), "working_img_s": round(r["auto"]["working_img_s"], 1),
+                        "cpu_bound_img_s": round(r["auto"]["budget"]["cpu_bound_img_s"], 1),
                         "medium_img_s": round(r["medium"]["img_s"], 1),
                         "img2dataset_img_s": round(r["img2dataset"]["img2dataset_img_s"], 1),
-                        "ratio": round(r["ratio"], 2)} for r in rounds]}
+                        "ratio": round(r["ratio"], 2), "steady_ratio": round(r["steady_ratio"], 2)} for r in rounds]}
 
 
 def plot(result: dict, path: Path) -> None:
-    """Images/s (left) and kilobytes fetched per image (right) of each way of fetching."""
+    """Images/s (left) and kilobytes fetched per image (middle) of each way of fetching, and the
+    automatic build's core time against its CPU budget (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (rates, sizes) = plt.subplots(1, 2, figsize=(11, 3.2))
-    names = ["img2dataset (medium URLs)", "iipa, medium", "iipa, auto variant", "iipa, auto, working span"]
-    values = [result["baseline_value"], result["medium_img_s"], result["value"], result["working_img_s"]]
-    rates.barh(names, values, color=["grey", "tab:cyan", "tab:blue", "tab:blue"])
+    fig, (rates, sizes, budget) = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [3, 1, 3]})
+    names = ["img2dataset (medium URLs)", "iipa, medium", "iipa, auto variant", "iipa, auto, working span",
+             "CPU bound, auto (steps alone)"]
+    values = [result["baseline_value"], result["medium_img_s"], result["value"], result["working_img_s"],
+              result["cpu_bound_img_s"]]
+    colours = ["grey", "tab:cyan", "tab:blue", "tab:blue", "tab:green"]
+    rates.barh(names, values, color=colours)
     for y, v in enumerate(values):
         rates.text(v, y, f" {v:.0f}", va="center", fontsize=8)
     rates.axvline(result["baseline_value"] * result["target_ratio"], color="tab:red", linestyle="--",
@@ -169,10 +213,12 @@ def plot(result: dict, path: Path) -> None:
     rates.set_xlabel(f"images/s ({result['images']} photos, {result['source_pixels']}, --size {result['stored_side']})")
     rates.legend(fontsize=8, loc="lower right")
     kb = [result["medium_bytes_per_image"] / 1024, result["medium_bytes_per_image"] / 1024,
-          result["auto_bytes_per_image"] / 1024, result["auto_bytes_per_image"] / 1024]
-    sizes.barh(names, kb, color=["grey", "tab:cyan", "tab:blue", "tab:blue"])
+          result["auto_bytes_per_image"] / 1024, result["auto_bytes_per_image"] / 1024,
+          result["auto_bytes_per_image"] / 1024]
+    sizes.barh(names, kb, color=colours)
     sizes.set_yticklabels([])
     sizes.set_xlabel("kB fetched per image")
+    draw_core_time(budget, result)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
