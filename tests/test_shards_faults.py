@@ -1,5 +1,6 @@
 """`shards build` against a 127.0.0.1 server of real photographs and faults, then every other
 shards command (verify, stats, index, rebuild) on what it built."""
+import gc
 import hashlib
 import http.server
 import io
@@ -336,8 +337,16 @@ def test_an_actor_that_dies_is_replaced_and_its_rows_recorded(ray_local, tmp_pat
     table = pa.Table.from_pylist(rows)
     jobs = [(f"shard-{i:06d}", table.slice(3 * i, 3)) for i in range(3)]
     marker = tmp_path / "attempts"
-    results = run_pool(Crashy, (str(marker),), "build", jobs, workers=2, cpus=0.5, retries=1,
-                       on_dead=lambda job, err: fail_shard(tmp_path, job, "worker_died", err))
+    gc.disable()  # the pool itself, not a collection that may or may not run, must free its actors
+    try:
+        results = run_pool(Crashy, (str(marker),), "build", jobs, workers=2, cpus=0.5, retries=1,
+                           on_dead=lambda job, err: fail_shard(tmp_path, job, "worker_died", err))
+        deadline = time.monotonic() + 20
+        while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]:
+            assert time.monotonic() < deadline, "the pool's actors kept their CPUs after it returned"
+            time.sleep(0.05)
+    finally:
+        gc.enable()
     assert sorted(r["name"] for r in results) == [j[0] for j in jobs]
     assert marker.read_text() == "xx"  # tried on a fresh actor once more, then recorded
     dead = read_table(tmp_path / "shard-000001.parquet", "images").to_pylist()

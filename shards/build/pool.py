@@ -69,42 +69,54 @@ def run_pool(actor_cls, actor_args: tuple, method: str, jobs: list[tuple[str, pa
             if queue:
                 submit(slot)
     results = []
-    with progress(total=sum(rows.num_rows for _, rows in jobs), desc="images", unit="img") as bar:
-        while inflight:
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
-            slot, job, attempt = inflight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except (RayActorError, WorkerCrashedError) as exc:
-                result = None
-                actors[slot] = _replace(actors[slot], remote, actor_args)
-                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-                log.warning("actor died on shard %s (attempt %d): %s", job[0], attempt + 1, error)
-                if attempt < retries:
-                    queue.append((job, attempt + 1))
-                else:
-                    result = on_dead(job, error)
-            if result is not None:
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
-                bar.update(result["rows"])
-                if "error" in result:
-                    log.error("shard %s failed: %s", result["name"], result["error"])
-            while queue and sum(s == slot for s, _, _ in inflight.values()) < JOBS_PER_ACTOR:
-                submit(slot)
+    try:
+        with progress(total=sum(rows.num_rows for _, rows in jobs), desc="images", unit="img") as bar:
+            while inflight:
+                [ref], _ = ray.wait(list(inflight), num_returns=1)
+                slot, job, attempt = inflight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except (RayActorError, WorkerCrashedError) as exc:
+                    result = None
+                    actors[slot] = _replace(actors[slot], remote, actor_args)
+                    error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                    log.warning("actor died on shard %s (attempt %d): %s", job[0], attempt + 1, error)
+                    if attempt < retries:
+                        queue.append((job, attempt + 1))
+                    else:
+                        result = on_dead(job, error)
+                if result is not None:
+                    results.append(result)
+                    if on_result is not None:
+                        on_result(result)
+                    bar.update(result["rows"])
+                    if "error" in result:
+                        log.error("shard %s failed: %s", result["name"], result["error"])
+                while queue and sum(s == slot for s, _, _ in inflight.values()) < JOBS_PER_ACTOR:
+                    submit(slot)
+    finally:
+        # Give the pool's CPUs back now. Once an actor has died, the error ray.get raised sits in
+        # a reference cycle with ray.get's frames, which keeps this frame, and so the handles,
+        # alive until Python's collector runs: the actors would keep their CPUs, and a second
+        # pool in the same process (`--retry-failed` after the build) could wait for them.
+        for actor in actors:
+            _kill(actor)
     return results
 
 
 def _replace(actor, remote, actor_args):
     """A fresh actor in place of one that died (its other queued calls fail and are retried)."""
+    _kill(actor)
+    return remote.remote(*actor_args)
+
+
+def _kill(actor) -> None:
     import ray
 
     try:
         ray.kill(actor)
-    except Exception:  # already gone
+    except Exception:  # already gone, or Ray itself is
         pass
-    return remote.remote(*actor_args)
 
 
 def fail_shard(out: Path, job: tuple[str, pa.Table], status: str, error: str) -> dict:
