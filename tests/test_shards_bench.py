@@ -1,5 +1,6 @@
 """The ingest benchmark's code runs end to end on tiny inputs (a smoke run, not a measurement)."""
 import http.client
+import time
 
 from PIL import Image
 
@@ -70,6 +71,22 @@ def test_static_server_keeps_alive_and_serves_only_its_folder(tmp_path):
         server.wait()
 
 
+def test_static_server_answers_after_its_latency(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff" + bytes(100))
+    (tmp_path / "photos.json").write_text("{}")
+    server, base = serve(tmp_path, latency=0.3)
+    try:
+        conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=5)
+        for _ in range(2):  # every request waits, not only a connection's first
+            start = time.monotonic()
+            conn.request("GET", "/a.jpg")
+            assert conn.getresponse().read() == (tmp_path / "a.jpg").read_bytes()
+            assert time.monotonic() - start >= 0.3
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_static_server_serves_x_size_variants_by_name(tmp_path):
     from cluster.benches.static_server import resolve
 
@@ -105,5 +122,10 @@ def test_x_like_bench_fetches_the_small_variant_and_fewer_bytes(ray_local, tmp_p
     assert all(result[k] > 0 for k in ("fetch_ms", "decode_ms", "resample_ms", "encode_ms"))
     assert set(result["build_core_ms"]) == {"fetch", "resize", "write", "other", "server", "idle", "rest"}
     assert result["build_core_ms"]["resize"] > 0 and result["overhead_ms"] > 0
+    # The same build against the host 30 ms away, with the default --threads and with 8.
+    for name in ("shards-x-far", "shards-x-far-few-threads"):
+        far = read_table(tmp_path / name, "images")
+        assert set(far.column("status").to_pylist()) == {"ok"} and set(far.column("variant").to_pylist()) == {"small"}
+    assert result["far_img_s"] > 0 and result["far_few_threads_img_s"] > 0
     write_summary([result], tmp_path / "bench.json")
     assert Image.open(tmp_path / "bench-ingest-x.png").size[0] > 0

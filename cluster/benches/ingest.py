@@ -99,12 +99,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(folder: Path) -> tuple[subprocess.Popen, str]:
+def serve(folder: Path, latency: float = 0.0) -> tuple[subprocess.Popen, str]:
     """The lean static server (static_server.py) on 127.0.0.1 in its own process, so that it does
-    not share our GIL; returns it and its base URL."""
+    not share our GIL, answering each request after `latency` seconds; returns it and its base URL."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("static_server.py")), str(folder), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("static_server.py")), str(folder), str(port),
+                             str(latency)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -308,7 +308,7 @@ def run(config) -> dict:
     try:
         urls = [f"{base}/{p.name}" for p in paths]
         table = images_table(urls, work / "images.parquet")
-        build = BuildConfig(images=table, out=work / "shards", shard_size=100 if config.quick else 250, workers=2, threads=8,
+        build = BuildConfig(images=table, out=work / "shards", shard_size=100 if config.quick else 250, workers=2,
                             fetch=FetchConfig(allow_hosts=("127.0.0.1",)), resize=ResizeConfig(size=size))
         # The bound and the build alternate, each build between two measures of the bound, and
         # the round with the median share is reported: this machine's speed drifts by 10-20%
@@ -347,7 +347,8 @@ def run(config) -> dict:
             "baseline": "naive Pillow open-convert-resize-save, one process", "baseline_value": round(baseline, 1),
             "ratio": round(value / baseline, 2), "images": n, "naive_images": n_naive,
             "source_pixels": f"{lo}-{hi} a side", "mean_source_kb": round(sum(p.stat().st_size for p in paths) / n / 1024, 1),
-            "seconds": round(seconds, 2), "ray_start_s": round(chosen["ray_start_s"], 2), "workers": 2, "threads": 8,
+            "seconds": round(seconds, 2), "ray_start_s": round(chosen["ray_start_s"], 2), "workers": build.workers,
+            "threads": build.threads,
             "shard_bytes": manifest["bytes"], **{k: round(v, 2) if isinstance(v, float) else v for k, v in rival.items()},
             "target_img_s": round(rival["img2dataset_img_s"] * TARGET_FACTOR, 1),
             "issue_target_img_s": IMG2DATASET_IMG_S * TARGET_FACTOR,

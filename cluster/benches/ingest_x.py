@@ -13,7 +13,8 @@ before and after the automatic build: what the build could reach if the pipeline
 and so how far 3× img2dataset is within reach on this machine (`bound_vs_img2dataset`). It is
 measured around img2dataset's run too, and `steady_ratio` (the median over rounds) divides each
 tool's rate by the bound measured around it, so that the machine's drift between the two runs
-cancels.
+cancels. A second host answers each request 30 ms late, as a distant CDN does: the automatic
+build runs against it with the default `--threads` and with the old default of 8.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ from cluster.benches.ingest import (cpu_budget, draw_core_time, find_img2dataset
 
 TARGET_FACTOR = 3.0
 SIZE = 256
+# A CDN a round trip away: each answer of the second host waits this long, which only enough
+# fetches in flight hide. FEW_THREADS is the old default of --threads, measured beside the new one.
+CDN_LATENCY = 0.03
+FEW_THREADS = 8
 VARIANT_QUALITY = 85
 
 
@@ -76,19 +81,21 @@ def images_table(urls: list[str], paths: list[Path], path: Path) -> Path:
 
 
 def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_size: int, server_pid: int, n: int,
-               fresh_ray: bool) -> dict:
+               fresh_ray: bool, threads: int | None = None) -> dict:
     """images/s of `shards build` asking for `remote_size` (on the whole run, and over its working
     span: first shard started to last finished), the bytes it fetched per image and where its core
-    time went; timed as the ingest bench times its builds (`timed_build`)."""
+    time went (`threads`: concurrent fetches per actor, else the default); timed as the ingest
+    bench times its builds (`timed_build`)."""
     from shards.build import BuildConfig
     from shards.build.fetch import FetchConfig
     from shards.build.resize import ResizeConfig
     from shards.schema import read_table
 
     loopback = ("127.0.0.1",)
-    config = BuildConfig(images=table, out=out, shard_size=shard_size, workers=2, threads=8,
+    config = BuildConfig(images=table, out=out, shard_size=shard_size, workers=2,
                          fetch=FetchConfig(allow_hosts=loopback, x_hosts=loopback, remote_size=remote_size),
                          resize=ResizeConfig(size=SIZE))
+    config.threads = threads or config.threads
     built = timed_build(config, server_pid, n, fresh_ray)
     rows = read_table(out, "images").to_pylist()
     fetched = [folder / f"{Path(r['url']).stem}.{r['variant']}.jpg" for r in rows]
@@ -112,23 +119,25 @@ def auto_variants(table: Path, urls: list[str], paths: list[Path]) -> tuple[list
             [p.with_name(f"{p.stem}.{v}.jpg") for p, v in zip(paths, variants)])
 
 
-def one_round(table: Path, work: Path, folder: Path, medium_urls: list[str], exe: str, shard_size: int,
-              server_pid: int, fresh_ray: bool, budget) -> dict:
-    """The three tools one after the other, the automatic build and img2dataset each between two
-    measures of the CPU `budget`; with `fresh_ray`, each build on a new Ray instance and
-    img2dataset with Ray shut down (else on the Ray the caller started: a test's)."""
+def one_round(build, rival, budget, fresh_ray: bool) -> dict:
+    """The tools one after the other: `build(name, ...)` runs one of our builds, `rival()`
+    img2dataset; our automatic build and img2dataset each between two measures of the CPU
+    `budget`. With `fresh_ray`, img2dataset runs with Ray shut down (else on the Ray the caller
+    started: a test's)."""
     import ray
 
-    n = len(medium_urls)
     before = budget()
-    auto = build_rate(table, work / "shards-x-auto", folder, "auto", shard_size, server_pid, n, fresh_ray)
+    auto = build("auto")
     auto["budget"] = mean_budget(before, budget())
-    medium = build_rate(table, work / "shards-x-medium", folder, "medium", shard_size, server_pid, n, fresh_ray)
+    medium = build("medium", remote_size="medium")
+    far = build("far", far=True)
+    far_few = build("far-few-threads", far=True, threads=FEW_THREADS)
     if fresh_ray:
         ray.shutdown()
     before = budget()
-    rival = {**img2dataset_rate(exe, medium_urls, work, SIZE), "budget": mean_budget(before, budget())}
-    return {"auto": auto, "medium": medium, "img2dataset": rival, "ratio": auto["img_s"] / rival["img2dataset_img_s"],
+    rival = {**rival(), "budget": mean_budget(before, budget())}
+    return {"auto": auto, "medium": medium, "far": far, "far_few": far_few, "img2dataset": rival,
+            "ratio": auto["img_s"] / rival["img2dataset_img_s"],
             "steady_ratio": steady_ratio(auto["img_s"], auto["budget"]["cpu_bound_img_s"], rival["img2dataset_img_s"],
                                          rival["budget"]["cpu_bound_img_s"])}
 
@@ -146,20 +155,29 @@ def run(config) -> dict:
     if exe is None:
         raise RuntimeError("img2dataset is not installed: make img2dataset")
     server, base = serve(folder)
+    far_server, far_base = serve(folder, CDN_LATENCY)
     try:
         urls = [f"{base}/{p.name}" for p in paths]
         table = images_table(urls, paths, work / "images-x.parquet")
+        far_table = images_table([f"{far_base}/{p.name}" for p in paths], paths, work / "images-x-far.parquet")
         medium_urls = [x_media_url(u, "medium", ("127.0.0.1",)) for u in urls]
         auto_urls, auto_paths = auto_variants(table, urls, paths)
         sample = random.Random(0).sample(auto_paths, config.pick(16, 100, 200))
         budget = lambda: cpu_budget(auto_urls[:config.pick(16, 300, 500)], sample, SIZE, server.pid)
+
+        def build(name: str, remote_size: str = "auto", far: bool = False, threads: int | None = None) -> dict:
+            return build_rate(far_table if far else table, work / f"shards-x-{name}", folder, remote_size,
+                              100 if config.quick else 250, (far_server if far else server).pid, n, not config.quick,
+                              threads)
+
         # Rounds, each tool once a round, and the round with the median ratio reported: this
         # machine's speed drifts by 10-20% within a minute, as much as the gap being measured.
-        rounds = [one_round(table, work, folder, medium_urls, exe, 100 if config.quick else 250, server.pid,
-                            not config.quick, budget) for _ in range(config.pick(1, 2, 3))]
+        rounds = [one_round(build, lambda: img2dataset_rate(exe, medium_urls, work, SIZE), budget, not config.quick)
+                  for _ in range(config.pick(1, 2, 3))]
     finally:
-        server.kill()
-        server.wait()
+        for proc in (server, far_server):
+            proc.kill()
+            proc.wait()
     chosen = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
     auto, medium, rival = chosen["auto"], chosen["medium"], chosen["img2dataset"]
     bound = auto["budget"]["cpu_bound_img_s"]
@@ -184,9 +202,13 @@ def run(config) -> dict:
             "auto_vs_medium": round(auto["img_s"] / medium["img_s"], 2),
             "bytes_saved": round(1 - auto["bytes_per_image"] / medium_bytes, 3),
             "img2dataset_wall_img_s": round(rival["img2dataset_wall_img_s"], 1),
+            "cdn_latency_ms": CDN_LATENCY * 1e3, "far_img_s": round(chosen["far"]["img_s"], 1),
+            "far_few_threads_img_s": round(chosen["far_few"]["img_s"], 1), "few_threads": FEW_THREADS,
+            "far_threads_gain": round(chosen["far"]["img_s"] / chosen["far_few"]["img_s"], 2),
             "rounds": [{"img_s": round(r["auto"]["img_s"], 1), "working_img_s": round(r["auto"]["working_img_s"], 1),
                         "cpu_bound_img_s": round(r["auto"]["budget"]["cpu_bound_img_s"], 1),
-                        "medium_img_s": round(r["medium"]["img_s"], 1),
+                        "medium_img_s": round(r["medium"]["img_s"], 1), "far_img_s": round(r["far"]["img_s"], 1),
+                        "far_few_threads_img_s": round(r["far_few"]["img_s"], 1),
                         "img2dataset_img_s": round(r["img2dataset"]["img2dataset_img_s"], 1),
                         "ratio": round(r["ratio"], 2), "steady_ratio": round(r["steady_ratio"], 2)} for r in rounds]}
 
@@ -199,12 +221,14 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (rates, sizes, budget) = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [3, 1, 3]})
+    fig, (rates, sizes, budget) = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [3, 1, 3]})
+    far = f"{result['cdn_latency_ms']:g} ms away"
     names = ["img2dataset (medium URLs)", "iipa, medium", "iipa, auto variant", "iipa, auto, working span",
+             f"iipa, auto, {far}", f"iipa, auto, {far}, --threads {result['few_threads']}",
              "CPU bound, auto (steps alone)"]
     values = [result["baseline_value"], result["medium_img_s"], result["value"], result["working_img_s"],
-              result["cpu_bound_img_s"]]
-    colours = ["grey", "tab:cyan", "tab:blue", "tab:blue", "tab:green"]
+              result["far_img_s"], result["far_few_threads_img_s"], result["cpu_bound_img_s"]]
+    colours = ["grey", "tab:cyan", "tab:blue", "tab:blue", "tab:purple", "tab:purple", "tab:green"]
     rates.barh(names, values, color=colours)
     for y, v in enumerate(values):
         rates.text(v, y, f" {v:.0f}", va="center", fontsize=8)
@@ -212,9 +236,7 @@ def plot(result: dict, path: Path) -> None:
                   label=f"target: {result['target_ratio']:g}× img2dataset")
     rates.set_xlabel(f"images/s ({result['images']} photos, {result['source_pixels']}, --size {result['stored_side']})")
     rates.legend(fontsize=8, loc="lower right")
-    kb = [result["medium_bytes_per_image"] / 1024, result["medium_bytes_per_image"] / 1024,
-          result["auto_bytes_per_image"] / 1024, result["auto_bytes_per_image"] / 1024,
-          result["auto_bytes_per_image"] / 1024]
+    kb = [result[f"{which}_bytes_per_image"] / 1024 for which in ["medium"] * 2 + ["auto"] * 5]
     sizes.barh(names, kb, color=colours)
     sizes.set_yticklabels([])
     sizes.set_xlabel("kB fetched per image")

@@ -1,11 +1,13 @@
 """A lean static HTTP/1.1 file server on 127.0.0.1 for the download benchmarks.
 
-`python static_server.py DIRECTORY PORT` serves the files of DIRECTORY to GET requests, keeping
-connections alive, with the body sent by the kernel (`sendfile`) and no logging. Python's own
-`http.server` spent about 0.9 ms of CPU per 370 kB photo (headers parsed through the email
-package, the body copied through Python 64 kB at a time) on the same two cores as the pipeline
-it fed; a real media CDN costs the downloader nothing, so the benchmark's server should cost
-as little as it can. It is the same server for every tool measured against it.
+`python static_server.py DIRECTORY PORT [LATENCY_S]` serves the files of DIRECTORY to GET
+requests, keeping connections alive, with the body sent by the kernel (`sendfile`) and no
+logging; with a latency, each answer waits that long first, as a distant CDN's round trip and
+first byte do. Python's own `http.server` spent about 0.9 ms of CPU per 370 kB photo (headers
+parsed through the email package, the body copied through Python 64 kB at a time) on the same
+two cores as the pipeline it fed; a real media CDN costs the downloader nothing, so the
+benchmark's server should cost as little as it can. It is the same server for every tool
+measured against it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import mimetypes
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
@@ -38,8 +41,8 @@ def resolve(root: Path, target: bytes) -> Path | None:
     return path if path.is_file() and path.is_relative_to(root) else None
 
 
-def serve_connection(conn: socket.socket, root: Path) -> None:
-    """Answer the requests of one connection until the client closes it."""
+def serve_connection(conn: socket.socket, root: Path, latency: float) -> None:
+    """Answer the requests of one connection until the client closes it, each after `latency` s."""
     pending = b""
     with conn:
         while True:
@@ -49,6 +52,8 @@ def serve_connection(conn: socket.socket, root: Path) -> None:
                     return
                 pending += chunk
             head, _, pending = pending.partition(b"\r\n\r\n")
+            if latency:
+                time.sleep(latency)
             method, target = (head.split(b" ", 2) + [b"", b""])[:2]
             path = resolve(root, target) if method == b"GET" else None
             if path is None:
@@ -64,14 +69,14 @@ def serve_connection(conn: socket.socket, root: Path) -> None:
                 return
 
 
-def main(directory: str, port: str) -> None:
+def main(directory: str, port: str, latency: str = "0") -> None:
     root = Path(directory).resolve()
     listener = socket.create_server(("127.0.0.1", int(port)), backlog=256)
     while True:
         conn, _ = listener.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=serve_connection, args=(conn, root), daemon=True).start()
+        threading.Thread(target=serve_connection, args=(conn, root, float(latency)), daemon=True).start()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -52,8 +52,10 @@ class BuildConfig:
     """Rows per shard (failed rows count; the tar holds only successes)."""
     workers: int = 2
     """Actors in the pool."""
-    threads: int = 8
-    """Concurrent fetches inside each actor."""
+    threads: int = 32
+    """Concurrent fetches inside each actor: enough to keep its decoder busy through a CDN's round
+    trip (an actor decodes ~500 of X's `small` variants a second: 15 in flight at 30 ms). Against
+    a host 30 ms away, 8 gave 2/3 of the speed of 32; on loopback the two are within 2%."""
     cpus_per_worker: float = 0.5
     """Ray CPUs per actor: fractional, as much of the time is spent waiting on I/O."""
     ray_address: str | None = None
