@@ -120,10 +120,10 @@ def auto_variants(table: Path, urls: list[str], paths: list[Path]) -> tuple[list
 
 
 def one_round(build, rival, budget, fresh_ray: bool) -> dict:
-    """The tools one after the other: `build(name, ...)` runs one of our builds, `rival()`
-    img2dataset; our automatic build and img2dataset each between two measures of the CPU
-    `budget`. With `fresh_ray`, img2dataset runs with Ray shut down (else on the Ray the caller
-    started: a test's)."""
+    """The tools one after the other: `build(name, ...)` runs one of our builds (each on a new
+    Ray instance at full size), `rival()` img2dataset; our automatic build and img2dataset each
+    between two measures of the CPU `budget`. With `fresh_ray`, img2dataset runs with Ray shut
+    down (else on the Ray the caller started: a test's)."""
     import ray
 
     before = budget()
