@@ -25,11 +25,11 @@ import pyarrow.compute as pc
 from shards.console import UserError, check_out
 from shards.dali_index import write_index
 from shards.build.fetch import FetchConfig, Fetched, fetch, http_client, is_x_media, x_variant
-from shards.build.pool import (entries, prepare_out, raise_if_failed, run_pool, run_shard_jobs, start_ray, summarise,
+from shards.build.pool import (entries, prepare_out, raise_if_failed, run_pool, run_shard_jobs, start_ray,
                                write_manifest)
 from shards.build.resize import ResizeConfig, check_resize, resize_image
 from shards.build.retry import TRANSIENT, kept_bytes, plan_retries, status_patterns, to_retry
-from shards.schema import IMAGES, OK, conform, read_table
+from shards.schema import OK, read_table
 from shards.build.writer import ShardWriter, is_complete, shard_name
 
 log = logging.getLogger("iipa.shards")
@@ -224,8 +224,7 @@ def write_shard(out: Path, name: str, results, keep: int = 0, clock: CpuClock | 
                 row["shard"] = f"{name}.tar"
             done.append(row)
         with step("write"):
-            table = conform(pa.Table.from_pylist(done), IMAGES, name)
-            entry = summarise(table, writer.finish(table))
+            entry = writer.finish(pa.Table.from_pylist(done))
     except BaseException:
         writer.abort()
         raise

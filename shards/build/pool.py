@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shards.console import UserError, progress
 from shards.locate import write_locate_file
-from shards.schema import IMAGES, OK, SCHEMA_VERSION, conform, read_table, write_json
-from shards.build.writer import ShardWriter, remove_stale
+from shards.schema import SCHEMA_VERSION, read_table, write_json
+from shards.build.writer import ShardWriter, remove_stale, summarise
 
 log = logging.getLogger("iipa.shards")
 PLAN_FILE = "plan.json"
@@ -126,9 +125,7 @@ def fail_shard(out: Path, job: tuple[str, pa.Table], status: str, error: str) ->
                                 if c in rows.column_names])
     failed = failed.append_column("status", pa.array([status] * rows.num_rows, pa.string()))
     failed = failed.append_column("error", pa.array([error] * rows.num_rows, pa.string()))
-    writer = ShardWriter(out, name)
-    table = conform(failed, IMAGES, name)
-    return {"name": name, "rows": rows.num_rows, "ok": 0, "entry": summarise(table, writer.finish(table))}
+    return {"name": name, "rows": rows.num_rows, "ok": 0, "entry": ShardWriter(out, name).finish(failed)}
 
 
 def plan_digest(keys: list[str], shard_size: int, settings: dict) -> str:
@@ -179,17 +176,6 @@ def raise_if_failed(failed: list[dict]) -> None:
     if failed:
         raise RuntimeError(f"{len(failed)} shard(s) failed; rerun to resume. First: "
                            f"{failed[0]['name']}: {failed[0]['error']}")
-
-
-def summarise(table: pa.Table, slice_path: Path) -> dict:
-    """A shard's manifest entry from the rows of its Parquet slice (its tar lies beside it)."""
-    status = table.column("status")
-    tar = slice_path.with_suffix(".tar")
-    counts = pc.value_counts(status).to_pylist()
-    return {"tar": tar.name, "parquet": slice_path.name, "rows": table.num_rows,
-            "ok": int(pc.sum(pc.equal(status, OK)).as_py() or 0), "bytes": tar.stat().st_size,
-            "users": len(pc.unique(table.column("user_id"))),
-            "status": {c["values"]: c["counts"] for c in counts}}
 
 
 def entries(results: list[dict]) -> dict[str, dict]:

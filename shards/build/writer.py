@@ -16,10 +16,22 @@ import tarfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shards.atomic import atomic_path
-from shards.schema import IMAGES, check_key, conform
+from shards.schema import IMAGES, OK, check_key, conform
+
+
+def summarise(table: pa.Table, slice_path: Path) -> dict:
+    """A shard's manifest entry from the rows of its Parquet slice (its tar lies beside it)."""
+    status = table.column("status")
+    tar = slice_path.with_suffix(".tar")
+    counts = pc.value_counts(status).to_pylist()
+    return {"tar": tar.name, "parquet": slice_path.name, "rows": table.num_rows,
+            "ok": int(pc.sum(pc.equal(status, OK)).as_py() or 0), "bytes": tar.stat().st_size,
+            "users": len(pc.unique(table.column("user_id"))),
+            "status": {c["values"]: c["counts"] for c in counts}}
 
 
 def shard_name(prefix: str, shard_id: int) -> str:
@@ -102,14 +114,16 @@ class ShardWriter:
         self.file.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
         self.file.close()
 
-    def finish(self, rows: pa.Table) -> Path:
-        """Close the tar, rename it into place, then write the slice that marks it complete."""
+    def finish(self, rows: pa.Table) -> dict:
+        """Close the tar, rename it into place, then write the slice that marks it complete;
+        return the shard's manifest entry."""
         self.close()
         os.replace(self.tmp, self.out / f"{self.name}.tar")
         path = self.out / f"{self.name}.parquet"
+        table = conform(rows, IMAGES, self.name)
         with atomic_path(path, tag=self.tag) as tmp:
-            pq.write_table(conform(rows, IMAGES, self.name), tmp, compression="zstd")
-        return path
+            pq.write_table(table, tmp, compression="zstd")
+        return summarise(table, path)
 
     def abort(self) -> None:
         self.file.close()
