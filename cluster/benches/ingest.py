@@ -224,6 +224,19 @@ def mean_budget(before: dict, after: dict) -> dict:
     return {k: (v + after[k]) / 2 if isinstance(v, float) else v for k, v in before.items()}
 
 
+def bracketed(measure, run) -> tuple:
+    """`run()` between two measures of the CPU budget (`measure()`): its result and their mean."""
+    before = measure()
+    result = run()
+    return result, mean_budget(before, measure())
+
+
+def overhead_ms(rate: float, budget: dict) -> float:
+    """Core-ms an image of a build at `rate` beyond the steps alone (the bound is their sum on
+    every core)."""
+    return budget["cores"] * 1e3 * (1 / rate - 1 / budget["cpu_bound_img_s"])
+
+
 def steady_ratio(rate: float, bound: float, rival_rate: float, rival_bound: float) -> float:
     """Our rate over a rival's, each in units of the machine's speed while it ran (the CPU bound
     measured around it): this machine drifts by 10-20% within a minute, which a plain ratio of
@@ -315,19 +328,18 @@ def run(config) -> dict:
         # within a minute, more than the gap being measured.
         sample = random.Random(0).sample(paths, config.pick(16, 100, 200))  # every source photo, every size
         fetched = urls[:config.pick(16, 300, 500)]
-        budgets, rounds = [cpu_budget(fetched, sample, size, server.pid)], []
+        measure = lambda: cpu_budget(fetched, sample, size, server.pid)
+        budgets, rounds = [measure()], []
         for _ in range(config.pick(1, 2, 3)):
             rounds.append(timed_build(build, server.pid, n, fresh_ray=bool(rounds)))
-            budgets.append(cpu_budget(fetched, sample, size, server.pid))
+            budgets.append(measure())
         naive_seconds = naive(urls[:n_naive], work / "naive", size)
         exe = find_img2dataset()
         rival = {"img2dataset_img_s": IMG2DATASET_IMG_S,
                  "img2dataset_source": "the issue's figure (not installed: make img2dataset)"}
         if exe:  # between two measures of the bound too, for the steady ratio
-            before = cpu_budget(fetched, sample, size, server.pid)
-            rival = img2dataset_rate(exe, urls, work, size)
-            rival["img2dataset_cpu_bound_img_s"] = mean_budget(before, cpu_budget(fetched, sample, size, server.pid))[
-                "cpu_bound_img_s"]
+            rival, rival_budget = bracketed(measure, lambda: img2dataset_rate(exe, urls, work, size))
+            rival["img2dataset_cpu_bound_img_s"] = rival_budget["cpu_bound_img_s"]
     finally:
         server.kill()
         server.wait()
@@ -340,8 +352,7 @@ def run(config) -> dict:
     steady = (steady_ratio(value, budget["cpu_bound_img_s"], rival["img2dataset_img_s"],
                            rival["img2dataset_cpu_bound_img_s"]) if "img2dataset_cpu_bound_img_s" in rival else None)
     build_core_ms = where_core_time_went(manifest["cpu_ms_per_image"], chosen["server_s"], chosen["idle_s"], seconds, n)
-    # Core-ms an image of the build less that of the steps alone (the bound is their sum on every core).
-    overhead_ms = budget["cores"] * 1e3 * (1 / value - 1 / budget["cpu_bound_img_s"])
+    overhead = overhead_ms(value, budget)
     budget = {k: round(v, 1 if k.endswith("img_s") else 3) if isinstance(v, float) else v for k, v in budget.items()}
     return {"stage": "ingest", "unit": "images/s", "value": round(value, 1),
             "baseline": "naive Pillow open-convert-resize-save, one process", "baseline_value": round(baseline, 1),
@@ -358,7 +369,7 @@ def run(config) -> dict:
             "share_of_cpu_bound": round(value / budget["cpu_bound_img_s"], 3),
             "working_img_s": round(working, 1), "working_share_of_cpu_bound": round(working / budget["cpu_bound_img_s"], 3),
             "outside_working_s": round(seconds - manifest["working_s"], 3),
-            "build_core_ms": build_core_ms, "overhead_ms": round(overhead_ms, 3),
+            "build_core_ms": build_core_ms, "overhead_ms": round(overhead, 3),
             "rounds": [{"img_s": round(n / r["seconds"], 1), "cpu_bound_img_s": round(r["budget"]["cpu_bound_img_s"], 1),
                         "share_of_cpu_bound": round(r["share"], 3),
                         "working_share_of_cpu_bound": round(n / r["manifest"]["working_s"] / r["budget"]["cpu_bound_img_s"], 3)}

@@ -26,8 +26,8 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cluster.benches.ingest import (cpu_budget, draw_core_time, find_img2dataset, img2dataset_rate, make_photos,
-                                    mean_budget, serve, steady_ratio, timed_build, where_core_time_went)
+from cluster.benches.ingest import (bracketed, cpu_budget, draw_core_time, find_img2dataset, img2dataset_rate,
+                                    make_photos, overhead_ms, serve, steady_ratio, timed_build, where_core_time_went)
 
 TARGET_FACTOR = 3.0
 SIZE = 256
@@ -119,27 +119,24 @@ def auto_variants(table: Path, urls: list[str], paths: list[Path]) -> tuple[list
             [p.with_name(f"{p.stem}.{v}.jpg") for p, v in zip(paths, variants)])
 
 
-def one_round(build, rival, budget, fresh_ray: bool) -> dict:
+def one_round(build, run_rival, budget, fresh_ray: bool) -> dict:
     """The tools one after the other: `build(name, ...)` runs one of our builds (each on a new
-    Ray instance at full size), `rival()` img2dataset; our automatic build and img2dataset each
-    between two measures of the CPU `budget`. With `fresh_ray`, img2dataset runs with Ray shut
-    down (else on the Ray the caller started: a test's)."""
+    Ray instance at full size), `run_rival()` img2dataset; our automatic build and img2dataset
+    each between two measures of the CPU `budget`. With `fresh_ray`, img2dataset runs with Ray
+    shut down (else on the Ray the caller started: a test's)."""
     import ray
 
-    before = budget()
-    auto = build("auto")
-    auto["budget"] = mean_budget(before, budget())
+    auto, auto_budget = bracketed(budget, lambda: build("auto"))
     medium = build("medium", remote_size="medium")
     far = build("far", far=True)
     far_few = build("far-few-threads", far=True, threads=FEW_THREADS)
     if fresh_ray:
         ray.shutdown()
-    before = budget()
-    rival = {**rival(), "budget": mean_budget(before, budget())}
-    return {"auto": auto, "medium": medium, "far": far, "far_few": far_few, "img2dataset": rival,
-            "ratio": auto["img_s"] / rival["img2dataset_img_s"],
-            "steady_ratio": steady_ratio(auto["img_s"], auto["budget"]["cpu_bound_img_s"], rival["img2dataset_img_s"],
-                                         rival["budget"]["cpu_bound_img_s"])}
+    rival, rival_budget = bracketed(budget, run_rival)
+    return {"auto": {**auto, "budget": auto_budget}, "medium": medium, "far": far, "far_few": far_few,
+            "img2dataset": rival, "ratio": auto["img_s"] / rival["img2dataset_img_s"],
+            "steady_ratio": steady_ratio(auto["img_s"], auto_budget["cpu_bound_img_s"], rival["img2dataset_img_s"],
+                                         rival_budget["cpu_bound_img_s"])}
 
 
 def run(config) -> dict:
@@ -194,7 +191,7 @@ def run(config) -> dict:
             "working_share_of_cpu_bound": round(auto["working_img_s"] / bound, 3),
             "bound_vs_img2dataset": round(bound / rival["img2dataset_img_s"], 2), **steps,
             "build_core_ms": auto["build_core_ms"],
-            "overhead_ms": round(auto["budget"]["cores"] * 1e3 * (1 / auto["img_s"] - 1 / bound), 3),
+            "overhead_ms": round(overhead_ms(auto["img_s"], auto["budget"]), 3),
             "steady_ratio": round(statistics.median(r["steady_ratio"] for r in rounds), 2),
             "images": n, "stored_side": SIZE, "source_pixels": f"{lo}-{hi} a side",
             "auto_bytes_per_image": round(auto["bytes_per_image"]), "auto_variants": auto["variants"],
