@@ -1,6 +1,11 @@
-"""Parts of fetching: X's size variants, the allow-list, Retry-After parsing, kept-alive connections."""
+"""Parts of fetching: X's size variants, the allow-list, Retry-After parsing, kept-alive connections,
+TLS."""
 from email.utils import formatdate
 import http.server
+import shutil
+import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -91,6 +96,83 @@ def test_one_client_keeps_its_connection_alive_between_images(photos):
     assert len(connections) == 1
 
 
+def test_a_kept_alive_connection_the_server_dropped_is_opened_anew(photos):
+    """Servers close idle keep-alive connections without notice; the next image sent on one finds
+    it dead. That request must go out again on a new connection, not end as a connection_error."""
+    body = photos["coffee"]
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve_one_request_per_connection():
+        # Answers as HTTP/1.1 keep-alive would, then closes: the client keeps the connection.
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    threading.Thread(target=serve_one_request_per_connection, daemon=True).start()
+    try:
+        client, config = http_client(1), FetchConfig(allow_hosts=("127.0.0.1",), retries=0)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/a.jpg"
+        first = fetch(url, client, config)
+        time.sleep(0.1)  # the server has closed its end by now
+        second = fetch(url, client, config)
+    finally:
+        listener.close()
+    assert (first.status, second.status) == ("ok", "ok") and second.data == body
+    assert len(accepted) == 2  # the dead connection was replaced, once
+
+
+def test_a_path_with_spaces_is_escaped_not_refused(http_server, photos):
+    """Archive URLs may hold characters a browser would escape; http.client refuses them raw."""
+    base, routes, _ = http_server
+    routes["/my%20photo.jpg"] = (200, {}, photos["chelsea"])
+    result = fetch(f"{base}/my photo.jpg", http_client(1), FetchConfig(allow_hosts=("127.0.0.1",)))
+    assert result.status == "ok" and result.data == photos["chelsea"]
+
+
+@pytest.fixture()
+def https_server(tmp_path, photos):
+    """An HTTPS keep-alive server on 127.0.0.1 with a self-signed certificate; yields (base, cert)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    handler = type("Handler", (Routes,), {"routes": {"/a.jpg": (200, {}, photos["rocket"])}, "hits": {},
+                                          "protocol_version": "HTTP/1.1"})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_checks_the_certificate_and_keeps_the_connection(https_server, photos):
+    base, cert = https_server
+    config = FetchConfig(allow_hosts=("127.0.0.1",), retries=0)
+    refused = fetch(f"{base}/a.jpg", http_client(1), config)  # self-signed: not in certifi's bundle
+    assert refused.status == "connection_error" and "CERTIFICATE_VERIFY_FAILED" in refused.error
+    client = http_client(1)
+    client.tls = ssl.create_default_context(cafile=str(cert))  # as if a CA the bundle holds had signed it
+    got = [fetch(f"{base}/a.jpg", client, config) for _ in range(3)]
+    assert all(r.status == "ok" and r.data == photos["rocket"] for r in got)
+    [idle] = client.idle.values()
+    assert len(idle) == 1 and idle[0].sock is not None  # one connection, kept for the next image
+
+
 def test_a_body_trickled_slower_than_total_timeout_is_cut_off(http_server, photos):
     """Bytes that keep coming, each well within the read timeout, still may not hold a thread."""
     base, routes, _ = http_server
@@ -117,8 +199,8 @@ def test_a_body_trickled_slower_than_total_timeout_is_cut_off(http_server, photo
 
 
 def test_a_refused_connection_is_a_connection_error_not_a_timeout():
-    """urllib3 makes NewConnectionError a subclass of ConnectTimeoutError; the status must still
-    say what happened, so that a user reading `timeout` looks at slow hosts, not dead ones."""
+    """The status says what happened, so that a user reading `timeout` looks at slow hosts, not
+    dead ones (urllib3, which fetched before, filed a refused connection under its timeouts)."""
     import socket
 
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it

@@ -13,17 +13,18 @@ its URLs must not reach the rest of the machine.
 """
 from __future__ import annotations
 
+import http.client
 import os
+import ssl
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 import certifi
-import urllib3
-from urllib3.exceptions import HTTPError, LocationValueError, NewConnectionError, ProtocolError
 
 X_MEDIA_HOSTS = ("pbs.twimg.com", "ton.twimg.com")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -32,7 +33,12 @@ RETRY_ERRORS = {"timeout", "truncated", "connection_error"}
 # Magic numbers of the image formats Pillow decodes for us; the content type is not trusted.
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
 MAX_REDIRECTS = 5
+REDIRECTS = {301, 302, 303, 307, 308}
 READ_CHUNK = 1024 * 1024
+HEADERS = {"User-Agent": "iipa (image popularity research; shards build)"}
+# What a request target may hold unescaped; the rest is percent-encoded (as requests does), since
+# http.client refuses a space or a control character in a URL where a browser would encode it.
+URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 @dataclass
@@ -178,12 +184,49 @@ def _checked(data: bytes) -> Fetched:
     return Fetched(data=data)
 
 
-def http_client(threads: int) -> urllib3.PoolManager:
-    """One client per actor: keep-alive connections, up to `threads` per host, no hidden retries.
-    TLS is checked against certifi's CA bundle, as requests does: slim images may have no system
-    certificates."""
-    return urllib3.PoolManager(num_pools=16, maxsize=threads, block=False, retries=False,
-                               ca_certs=certifi.where())
+class HttpClient:
+    """One per actor, shared by its threads: keep-alive connections per host (up to `size` idle
+    ones each, more are opened when busy and closed after), no hidden retries, TLS checked against
+    certifi's CA bundle as requests does (slim images may have no system certificates). It is
+    http.client underneath, as urllib.request is: through urllib3's pool, URL and response
+    layers a fetch of X's `small` variant cost 0.24 ms of CPU on loopback, and 0.16 through this
+    (0.10 of it http.client's own); with 32 threads fetching at once, 0.5 against 0.3."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
+        self.lock = threading.Lock()
+        self.tls = ssl.create_default_context(cafile=certifi.where())
+
+    def take(self, parts: SplitResult, timeout: float) -> http.client.HTTPConnection:
+        """An idle connection to the URL's host (connected, or one http.client connects when it
+        sends), with `timeout` for connecting and for each receive."""
+        with self.lock:
+            idle = self.idle.get((parts.scheme, parts.hostname, parts.port))
+            conn = idle.pop() if idle else None
+        if conn is None:
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=self.tls)
+            else:
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def give_back(self, parts: SplitResult, conn: http.client.HTTPConnection) -> None:
+        """Keep a connection whose last response was read to its end, for the host's next image."""
+        with self.lock:
+            idle = self.idle.setdefault((parts.scheme, parts.hostname, parts.port), [])
+            if len(idle) < self.size:
+                idle.append(conn)
+                return
+        conn.close()
+
+
+def http_client(threads: int) -> HttpClient:
+    """The client of an actor whose `threads` fetch at once."""
+    return HttpClient(threads)
 
 
 def retry_delay(header: str | None, attempt: int, config: FetchConfig) -> float | None:
@@ -201,60 +244,96 @@ def retry_delay(header: str | None, attempt: int, config: FetchConfig) -> float 
     return config.backoff * 2 ** attempt
 
 
-def _read_body(response: urllib3.BaseHTTPResponse, config: FetchConfig, started: float) -> Fetched:
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > config.max_bytes:
+def _read_body(response: http.client.HTTPResponse, config: FetchConfig, started: float) -> Fetched:
+    length = response.length  # the Content-Length http.client read (None for a chunked body or none)
+    if length is not None and length > config.max_bytes:
         return Fetched(status="too_large", error=f"Content-Length {length} > {config.max_bytes} bytes")
     # read1 returns what one receive brings (up to READ_CHUNK): a photo on a fast link comes in a
     # few pieces, and the byte cap and the total time are checked after each, so a server
     # trickling bytes is cut off on time.
     try:
         data = _read_capped(response.read1, config, started, "body")
-    except ProtocolError as exc:  # the connection broke inside the body
-        return Fetched(status="truncated", error=f"{exc}"[:200])
+    except http.client.IncompleteRead as exc:  # a chunked body cut short
+        return Fetched(status="truncated", error=f"{exc!r}"[:200])
     if isinstance(data, Fetched):
         return data
-    if length.isdigit() and len(data) < int(length):  # a server that closes early without an error
+    if length is not None and len(data) < length:  # a server that closes early without an error
         return Fetched(status="truncated", error=f"{len(data)} of {length} bytes")
     return _checked(data)
 
 
-def _http_once(client: urllib3.PoolManager, url: str, config: FetchConfig) -> Fetched:
+def _get(client: HttpClient, parts: SplitResult, config: FetchConfig):
+    """Send a GET and read the response's head: (connection, response). A kept-alive connection
+    that its server closed meanwhile fails before any byte of a response comes; that one request
+    goes out again on a new connection (urllib3 and requests do the same), anything else raises."""
+    target = quote(urlunsplit(("", "", parts.path or "/", parts.query, "")), safe=URL_SAFE)
+    conn = client.take(parts, config.timeout)
+    reused = conn.sock is not None
+    try:
+        try:
+            conn.request("GET", target, headers=HEADERS)
+            return conn, conn.getresponse()
+        except (ConnectionError, ssl.SSLEOFError):  # RemoteDisconnected, a broken pipe, a reset; TLS's own EOF
+            if not reused:
+                raise
+            conn.close()  # the next request connects anew
+            conn.request("GET", target, headers=HEADERS)
+            return conn, conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _answer(response: http.client.HTTPResponse, config: FetchConfig, started: float) -> Fetched | None:
+    """What a response brings: None for a redirect (its Location is the next hop), else the image
+    or why there is none."""
+    if response.status in REDIRECTS and response.getheader("Location"):
+        return None
+    if response.status != 200:
+        return Fetched(status=f"http_{response.status}", error=response.reason, http_status=response.status,
+                       retry_after=response.getheader("Retry-After"))
+    return _read_body(response, config, started)
+
+
+def _http_once(client: HttpClient, url: str, config: FetchConfig) -> Fetched:
     """One GET, following redirects by hand so that every hop is checked against the allow-list."""
     started = time.monotonic()
-    timeout = urllib3.Timeout(connect=config.timeout, read=config.timeout)
     for _ in range(MAX_REDIRECTS + 1):
-        host = urlsplit(url).hostname
-        if not host_allowed(host, config.allow_hosts):
-            return Fetched(status="host_not_allowed", error=f"host {host} is not in the allow-list")
-        response = client.request("GET", url, timeout=timeout, preload_content=False, redirect=False)
-        # A body read to its end hands the connection back to the pool for the next image;
-        # closing the response then only drops a connection left mid-body.
-        with response:
-            if response.get_redirect_location():
-                url = urljoin(url, response.headers["Location"])
-                continue
-            if response.status != 200:
-                return Fetched(status=f"http_{response.status}", error=response.reason, http_status=response.status,
-                               retry_after=response.headers.get("Retry-After"))
-            return _read_body(response, config, started)
+        parts = urlsplit(url)
+        if not host_allowed(parts.hostname, config.allow_hosts):
+            return Fetched(status="host_not_allowed", error=f"host {parts.hostname} is not in the allow-list")
+        conn, response = _get(client, parts, config)
+        result = None
+        try:
+            result = _answer(response, config, started)
+        finally:
+            # Only a body read to its end leaves the connection ready for the next image; any
+            # other (a redirect's, an error page's, a body cut short or refused) is dropped with it.
+            if result is not None and result.status == "ok":
+                response.close()
+                client.give_back(parts, conn)
+            else:
+                conn.close()
+        if result is not None:
+            return result
+        url = urljoin(url, response.getheader("Location"))
     return Fetched(status="too_many_redirects", error=f"more than {MAX_REDIRECTS} redirects")
 
 
-def _http_attempt(client: urllib3.PoolManager, url: str, config: FetchConfig) -> Fetched:
+def _http_attempt(client: HttpClient, url: str, config: FetchConfig) -> Fetched:
     try:
         return _http_once(client, url, config)
-    except NewConnectionError as exc:  # a refused or unreachable host: urllib3 files it under its timeouts
-        return Fetched(status="connection_error", error=str(exc)[:200])
-    except urllib3.exceptions.TimeoutError as exc:  # before HTTPError, its base
-        return Fetched(status="timeout", error=str(exc)[:200])
-    except LocationValueError as exc:
-        return Fetched(status="bad_url", error=str(exc)[:200])
-    except (HTTPError, OSError) as exc:
-        return Fetched(status="connection_error", error=str(exc)[:200])
+    except TimeoutError as exc:  # socket.timeout: connecting, or waiting for the head or the body
+        return Fetched(status="timeout", error=f"no answer within {config.timeout:g}s ({exc})"[:200])
+    except (http.client.HTTPException, OSError) as exc:  # refused, reset, DNS, TLS, a malformed response
+        return Fetched(status="connection_error", error=f"{type(exc).__name__}: {exc}"[:200])
+    # A bad port, a character http.client refuses, a host name IDNA refuses (after OSError: a
+    # failed certificate check is both).
+    except ValueError as exc:
+        return Fetched(status="bad_url", error=f"{type(exc).__name__}: {exc}"[:200])
 
 
-def fetch(url: str | None, client: urllib3.PoolManager, config: FetchConfig, variant: str | None = None) -> Fetched:
+def fetch(url: str | None, client: HttpClient, config: FetchConfig, variant: str | None = None) -> Fetched:
     """Fetch one image's bytes (X's `variant` of it, default `config.remote_size`); never raises
     for a problem of that image."""
     if not url:
