@@ -119,6 +119,8 @@ def test_x_like_bench_fetches_the_small_variant_and_fewer_bytes(ray_local, tmp_p
     # cores busy, so the build stays under the bound even over its working span.
     assert 0 < result["share_of_cpu_bound"] < result["working_share_of_cpu_bound"] < 1
     assert result["bound_vs_img2dataset"] > 0 and result["steady_ratio"] > 0
+    # Drift-corrected over the working span too: above the steady ratio as the working ratio is above the plain one.
+    assert result["steady_working_ratio"] > result["steady_ratio"]
     assert all(result[k] > 0 for k in ("fetch_ms", "decode_ms", "resample_ms", "encode_ms"))
     assert set(result["build_core_ms"]) == {"fetch", "resize", "write", "other", "server", "idle", "rest"}
     assert result["build_core_ms"]["resize"] > 0 and result["overhead_ms"] > 0
