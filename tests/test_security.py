@@ -16,7 +16,7 @@ import torch
 
 from tests.conftest import run_iipa
 from shards.console import UserError
-from shards.build.fetch import FetchConfig, fetch, http_client
+from shards.build.fetch import FetchConfig, HttpClient, fetch
 from shards.schema import SchemaError, read_table, write_table
 from shards.build.writer import ShardWriter
 from train.checkpoint import load_state, model_meta, read_weights
@@ -100,7 +100,7 @@ def test_zero_intervals_are_refused_before_training(train_inputs, tmp_path, flag
 # ---- 3. local files only under allowed roots, regular files, bytes counted -------------------
 
 def local(url, roots=(), **kw):
-    return fetch(url, http_client(1), FetchConfig(allow_local=tuple(roots), **kw))
+    return fetch(url, HttpClient(1), FetchConfig(allow_local=tuple(roots), **kw))
 
 
 def test_local_reads_outside_the_allowed_roots_are_refused(tmp_path, photos):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import Routes
-from shards.build.fetch import FetchConfig, fetch, host_allowed, http_client, retry_delay, x_media_url, x_variant
+from shards.build.fetch import FetchConfig, HttpClient, fetch, host_allowed, retry_delay, x_media_url, x_variant
 
 
 def test_x_media_urls_ask_for_the_size_variant():
@@ -86,7 +86,7 @@ def test_one_client_keeps_its_connection_alive_between_images(photos):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        base, client = f"http://127.0.0.1:{server.server_address[1]}", http_client(2)
+        base, client = f"http://127.0.0.1:{server.server_address[1]}", HttpClient(2)
         config = FetchConfig(allow_hosts=("127.0.0.1",))
         got = [fetch(f"{base}/{name}.jpg", client, config).data for name in ("a", "b", "a", "b")]
     finally:
@@ -119,7 +119,7 @@ def test_a_kept_alive_connection_the_server_dropped_is_opened_anew(photos):
 
     threading.Thread(target=serve_one_request_per_connection, daemon=True).start()
     try:
-        client, config = http_client(1), FetchConfig(allow_hosts=("127.0.0.1",), retries=0)
+        client, config = HttpClient(1), FetchConfig(allow_hosts=("127.0.0.1",), retries=0)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/a.jpg"
         first = fetch(url, client, config)
         time.sleep(0.1)  # the server has closed its end by now
@@ -134,7 +134,7 @@ def test_a_path_with_spaces_is_escaped_not_refused(http_server, photos):
     """Archive URLs may hold characters a browser would escape; http.client refuses them raw."""
     base, routes, _ = http_server
     routes["/my%20photo.jpg"] = (200, {}, photos["chelsea"])
-    result = fetch(f"{base}/my photo.jpg", http_client(1), FetchConfig(allow_hosts=("127.0.0.1",)))
+    result = fetch(f"{base}/my photo.jpg", HttpClient(1), FetchConfig(allow_hosts=("127.0.0.1",)))
     assert result.status == "ok" and result.data == photos["chelsea"]
 
 
@@ -163,9 +163,9 @@ def https_server(tmp_path, photos):
 def test_https_checks_the_certificate_and_keeps_the_connection(https_server, photos):
     base, cert = https_server
     config = FetchConfig(allow_hosts=("127.0.0.1",), retries=0)
-    refused = fetch(f"{base}/a.jpg", http_client(1), config)  # self-signed: not in certifi's bundle
+    refused = fetch(f"{base}/a.jpg", HttpClient(1), config)  # self-signed: not in certifi's bundle
     assert refused.status == "connection_error" and "CERTIFICATE_VERIFY_FAILED" in refused.error
-    client = http_client(1)
+    client = HttpClient(1)
     client.tls = ssl.create_default_context(cafile=str(cert))  # as if a CA the bundle holds had signed it
     got = [fetch(f"{base}/a.jpg", client, config) for _ in range(3)]
     assert all(r.status == "ok" and r.data == photos["rocket"] for r in got)
@@ -193,7 +193,7 @@ def test_a_body_trickled_slower_than_total_timeout_is_cut_off(http_server, photo
     routes["/slow.jpg"] = trickle
     config = FetchConfig(allow_hosts=("127.0.0.1",), timeout=5, total_timeout=0.5, retries=0)
     start = time.monotonic()
-    result = fetch(f"{base}/slow.jpg", http_client(1), config)
+    result = fetch(f"{base}/slow.jpg", HttpClient(1), config)
     assert result.status == "timeout" and "not complete after 0.5s" in result.error
     assert time.monotonic() - start < 2  # the whole body would take several seconds
 
@@ -207,7 +207,7 @@ def test_a_refused_connection_is_a_connection_error_not_a_timeout():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.monotonic()
-    result = fetch(f"http://127.0.0.1:{port}/a.jpg", http_client(1), FetchConfig(allow_hosts=("127.0.0.1",), retries=0))
+    result = fetch(f"http://127.0.0.1:{port}/a.jpg", HttpClient(1), FetchConfig(allow_hosts=("127.0.0.1",), retries=0))
     assert result.status == "connection_error" and "refused" in result.error.lower()
     assert time.monotonic() - started < 5  # refused at once, not waited out
 
@@ -250,7 +250,7 @@ def test_a_slow_host_holds_one_fetch_while_the_other_rows_are_fetched_and_decode
     clock = DecodeTimes()
     config = BuildConfig(images=None, out=None, threads=4, fetch=FetchConfig(allow_hosts=("127.0.0.1",)))
     with ThreadPoolExecutor(config.threads) as pool:
-        out = list(processed(rows, pool, http_client(config.threads), config, clock))
+        out = list(processed(rows, pool, HttpClient(config.threads), config, clock))
     assert [row["key"] for row, _ in out] == [row["key"] for row in rows]
     assert all(row["status"] == "ok" and jpeg for row, jpeg in out)
     # Every other row was fetched and decoded while the slow one was still on its way.

@@ -180,10 +180,10 @@ def cpu_budget(urls: list[str], paths: list[Path], size: int, server_pid: int) -
     Their sum on every core is what this machine could build if nothing else cost anything."""
     from PIL import Image
 
-    from shards.build.fetch import FetchConfig, fetch, http_client
+    from shards.build.fetch import FetchConfig, HttpClient, fetch
     from shards.build.resize import RESAMPLE, ResizeConfig, resize_image, target_size
 
-    client, fetch_config, clock = http_client(1), FetchConfig(allow_hosts=("127.0.0.1",)), time.process_time
+    client, fetch_config, clock = HttpClient(1), FetchConfig(allow_hosts=("127.0.0.1",)), time.process_time
     server_start, start = process_cpu_seconds(server_pid), clock()
     for url in urls:
         fetch(url, client, fetch_config)

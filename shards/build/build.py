@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from shards.console import UserError, check_out
 from shards.dali_index import write_index
-from shards.build.fetch import FetchConfig, Fetched, fetch, http_client, is_x_media, x_variant
+from shards.build.fetch import FetchConfig, Fetched, HttpClient, fetch, is_x_media, x_variant
 from shards.build.pool import (entries, prepare_out, raise_if_failed, run_pool, run_shard_jobs, start_ray,
                                write_manifest)
 from shards.build.resize import ResizeConfig, check_resize, resize_image
@@ -239,7 +239,7 @@ class ShardWorker:
 
     def __init__(self, config: BuildConfig):
         self.config = config
-        self.client = http_client(config.threads)
+        self.client = HttpClient(config.threads)
         self.pool = ThreadPoolExecutor(config.threads)
 
     def build(self, job: tuple[str, pa.Table]) -> dict:

@@ -224,11 +224,6 @@ class HttpClient:
         conn.close()
 
 
-def http_client(threads: int) -> HttpClient:
-    """The client of an actor whose `threads` fetch at once."""
-    return HttpClient(threads)
-
-
 def retry_delay(header: str | None, attempt: int, config: FetchConfig) -> float | None:
     """Seconds to wait before the next attempt: Retry-After (seconds or an HTTP date) when the
     server sent one, else exponential backoff; None when the server asks for too long a wait."""
