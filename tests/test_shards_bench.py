@@ -5,7 +5,7 @@ import time
 from PIL import Image
 
 from cluster.bench import BenchConfig, write_summary
-from cluster.benches.ingest import find_img2dataset, make_photos, run, serve
+from cluster.benches.ingest import find_img2dataset, make_photos, run, serve, spread_sample
 
 
 def test_generated_photos_have_the_asked_sides(tmp_path):
@@ -16,6 +16,17 @@ def test_generated_photos_have_the_asked_sides(tmp_path):
         assert img.format == "JPEG" and img.mode == "RGB" and all(300 <= s <= 420 for s in img.size)
     stamps = [p.stat().st_mtime_ns for p in paths]
     assert [p.stat().st_mtime_ns for p in make_photos(tmp_path / "photos", 6, 300, 420)] == stamps  # made once
+
+
+def test_the_bound_is_measured_on_photos_spread_over_every_size(tmp_path):
+    paths = make_photos(tmp_path / "photos", 40, 200, 500)
+    sizes = sorted(p.stat().st_size for p in paths)
+    picked = spread_sample(paths, 8)
+    assert len(set(picked)) == 8
+    weights = [paths[i].stat().st_size for i in picked]
+    # From the lightest fifth to the heaviest, and as heavy on average as the whole set.
+    assert min(weights) <= sizes[8] and max(weights) >= sizes[-8]
+    assert abs(sum(weights) / 8 / (sum(sizes) / 40) - 1) < 0.02
 
 
 def test_ingest_bench_quick_reports_a_ratio(ray_local, tmp_path):

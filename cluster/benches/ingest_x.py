@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
 from cluster.benches.ingest import (bracketed, cpu_budget, draw_core_time, find_img2dataset, img2dataset_rate,
-                                    make_photos, overhead_ms, serve, steady_ratio, timed_build, where_core_time_went)
+                                    make_photos, overhead_ms, serve, spread_sample, steady_ratio, timed_build,
+                                    where_core_time_went)
 
 TARGET_FACTOR = 3.0
 SIZE = 256
@@ -162,8 +162,9 @@ def run(config) -> dict:
         far_table = images_table([f"{far_base}/{p.name}" for p in paths], paths, work / "images-x-far.parquet")
         medium_urls = [x_media_url(u, "medium", ("127.0.0.1",)) for u in urls]
         auto_urls, auto_paths = auto_variants(table, urls, paths)
-        sample = random.Random(0).sample(auto_paths, config.pick(16, 100, 200))
-        budget = lambda: cpu_budget(auto_urls[:config.pick(16, 300, 500)], sample, SIZE, server.pid)
+        sample = [auto_paths[i] for i in spread_sample(auto_paths, config.pick(16, 100, 200))]
+        fetched = [auto_urls[i] for i in spread_sample(auto_paths, config.pick(16, 300, 500))]
+        budget = lambda: cpu_budget(fetched, sample, SIZE, server.pid)
 
         def build(name: str, remote_size: str = "auto", far: bool = False, threads: int | None = None) -> dict:
             return build_rate(far_table if far else table, work / f"shards-x-{name}", folder, remote_size,
