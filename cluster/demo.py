@@ -23,7 +23,7 @@ from eval.report import plot_run_curve
 from eval.visual import STATS
 from ingest.archive import ArchiveConfig, ingest_archive
 from ingest.synthetic import SyntheticConfig, generate
-from shards.build import BuildConfig, build_shards
+from shards import BuildConfig, build_shards
 from shards.console import UserError, check_out
 from shards.build.fetch import FetchConfig
 from shards.pairs import PairsConfig, build_pairs

@@ -6,7 +6,7 @@ from importlib import import_module
 
 # Each public name and its module, imported on first use: every command line imports
 # shards.console, and its --help must not wait for the download pipeline and the pair builder.
-_HOMES = {"BuildConfig": "shards.build", "build_shards": "shards.build", "index_shards": "shards.dali_index",
+_HOMES = {"BuildConfig": "shards.build.config", "build_shards": "shards.build.build", "index_shards": "shards.dali_index",
           "ShardIndex": "shards.locate", "PairsConfig": "shards.pairs", "build_pairs": "shards.pairs",
           "RebuildConfig": "shards.rebuild", "rebuild_shards": "shards.rebuild", "IMAGES": "shards.schema",
           "PAIRS": "shards.schema", "SCHEMA_VERSION": "shards.schema", "read_table": "shards.schema",

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from shards.build import BuildConfig, build_shards
+from shards import BuildConfig, build_shards
 from shards.build.resize import RESAMPLE
 from shards.console import Parser, run_main
 from shards.flags import SKIP, ConfigFlags, Flag

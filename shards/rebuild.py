@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.build.build import write_shard
 from shards.console import UserError, check_out
 from shards.build.pool import entries, prepare_out, raise_if_failed, run_shard_jobs, write_manifest
 from shards.build.resize import ResizeConfig, check_resize, resize_image
 from shards.schema import OK, read_table
+from shards.build.worker import write_shard
 from shards.build.writer import is_complete, shard_name
 
 log = logging.getLogger("iipa.shards")

@@ -121,7 +121,7 @@ def train_dataset(tmp_path_factory, ray_local) -> Path:
     """A small synthetic data set (images, pairs, shards) with deliberately uneven shards (37 rows)."""
     from ingest.archive import ArchiveConfig, ingest_archive
     from ingest.synthetic import SyntheticConfig, generate
-    from shards.build import BuildConfig, build_shards
+    from shards import BuildConfig, build_shards
     from shards.build.fetch import FetchConfig
     from shards.pairs import PairsConfig, build_pairs
     from shards.build.resize import ResizeConfig

@@ -116,7 +116,7 @@ def command_configs():
     from ingest.search import SearchConfig
     from ingest.synthetic import SyntheticConfig
     from ingest.trends import TrendsConfig
-    from shards.build import BuildConfig
+    from shards import BuildConfig
     from shards.pairs import PairsConfig
     from shards.rebuild import RebuildConfig
     from train.config import TrainConfig

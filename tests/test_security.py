@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -193,9 +194,22 @@ def test_unsafe_keys_are_refused_where_the_images_table_is_written_and_read(tmp_
         ShardWriter(tmp_path, "s").add(key, b"\xff\xd8\xff", {})
 
 
+@pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
+def test_small_and_large_tables_refuse_the_same_keys(key):
+    """A shard's slice is checked key by key, a large table vectorised: both refuse alike."""
+    from shards.schema import VECTORISED_KEY_CHECK, check_keys
+
+    for fine in (1, VECTORISED_KEY_CHECK):
+        keys = pa.array([f"fine_{i}" for i in range(fine)] + [key, "fine", key])
+        with pytest.raises(SchemaError, match=re.escape(f"unsafe sample key {key!r} (2 in all)")):
+            check_keys(keys, "t")
+
+
 def test_ordinary_keys_pass(tmp_path):
     keys = ["1800000000000000000_0", "3_18000000000000000001", "img000001", "ok_astronaut", "k" * 95, "a-b"]
     assert read_table(write_table(images(keys), tmp_path / "ok.parquet", "images"), "images").num_rows == len(keys)
+    many = [f"{key}_{i}"[-95:] for i in range(2000) for key in keys]  # checked vectorised
+    assert read_table(write_table(images(many), tmp_path / "many.parquet", "images"), "images").num_rows == len(many)
 
 
 def test_shards_build_on_a_table_with_an_escaping_key_is_one_line_and_writes_nothing(tmp_path):

@@ -20,7 +20,7 @@ import webdataset as wds
 from PIL import Image
 
 from tests.conftest import Routes, jpeg_bytes, photo_arrays, run_iipa
-from shards.build import BuildConfig, build_shards
+from shards import BuildConfig, build_shards
 from shards.dali_index import index_shards
 from shards.build.fetch import FetchConfig
 from shards.locate import ShardIndex, open_webdataset

@@ -42,7 +42,8 @@ def test_the_smallest_variant_that_still_gives_the_size(width, height, size, var
 
 
 def test_the_variant_is_chosen_for_x_photos_only():
-    from shards.build.build import BuildConfig, variant_of
+    from shards import BuildConfig
+    from shards.build.worker import variant_of
     from shards.build.resize import ResizeConfig
 
     auto = BuildConfig(images=None, out=None, resize=ResizeConfig(size=256))
@@ -213,13 +214,14 @@ def test_a_refused_connection_is_a_connection_error_not_a_timeout():
 
 
 def test_a_slow_host_holds_one_fetch_while_the_other_rows_are_fetched_and_decoded(http_server, photos):
-    """The build's pipeline (shards.build.build.processed) fetches in batches and decodes in the
+    """The build's pipeline (shards.build.worker.processed) fetches in batches and decodes in the
     calling thread as rows arrive: a photo that takes a second must not stop the rows after it
     from being fetched and decoded, and the rows still come out in their order."""
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import contextmanager
 
-    from shards.build.build import BuildConfig, CpuClock, processed
+    from shards import BuildConfig
+    from shards.build.worker import CpuClock, processed
 
     base, routes, _ = http_server
     bodies = list(photos.values())

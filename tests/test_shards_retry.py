@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from shards.build import BuildConfig, build_shards
+from shards import BuildConfig, build_shards
 from shards.console import UserError
 from shards.dali_index import index_shards, index_text, tar_members
 from shards.build.fetch import FetchConfig

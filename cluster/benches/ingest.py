@@ -298,7 +298,7 @@ def timed_build(build, server_pid: int, n: int, fresh_ray: bool) -> dict:
     with the server's CPU seconds and the cores' idle seconds meanwhile."""
     import ray
 
-    from shards.build import build_shards
+    from shards import build_shards
     from shards.build.pool import start_ray
 
     shutil.rmtree(build.out, ignore_errors=True)
@@ -319,7 +319,7 @@ def timed_build(build, server_pid: int, n: int, fresh_ray: bool) -> dict:
 
 
 def run(config) -> dict:
-    from shards.build import BuildConfig
+    from shards import BuildConfig
     from shards.build.fetch import FetchConfig
     from shards.build.resize import ResizeConfig
 

@@ -88,7 +88,7 @@ def build_rate(table: Path, out: Path, folder: Path, remote_size: str, shard_siz
     span: first shard started to last finished), the bytes it fetched per image and where its core
     time went (`threads`: concurrent fetches per actor, else the default); timed as the ingest
     bench times its builds (`timed_build`)."""
-    from shards.build import BuildConfig
+    from shards import BuildConfig
     from shards.build.fetch import FetchConfig
     from shards.build.resize import ResizeConfig
     from shards.schema import read_table

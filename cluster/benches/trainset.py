@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from shards.build import BuildConfig, build_shards
+from shards import BuildConfig, build_shards
 from shards.build.fetch import FetchConfig
 from shards.build.resize import ResizeConfig
 from shards.schema import write_table

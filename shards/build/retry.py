@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shards.console import UserError
 from shards.schema import OK, read_columns, read_table
@@ -49,7 +48,8 @@ def plan_retries(out: Path, names: list[str], patterns: tuple[str, ...]) -> list
 
 def kept_bytes(tar_path: Path, rows: pa.Table) -> int:
     """Where the old tar's last sample that the slice names ends: what a retry keeps of it."""
-    ok_keys = set(rows.filter(pc.equal(rows.column("status"), OK)).column("key").to_pylist())
+    ok_keys = {key for key, status in zip(rows.column("key").to_pylist(), rows.column("status").to_pylist())
+               if status == OK}
     end = 0
     with tarfile.open(tar_path, "r:") as tar:
         for member in tar:
