@@ -95,6 +95,7 @@ def test_one_client_keeps_its_connection_alive_between_images(photos):
         server.server_close()
     assert got == [photos["coffee"], photos["astronaut"]] * 2
     assert len(connections) == 1
+    assert client.tls is None  # plain http never loads the CA bundle (20 ms of an actor's start)
 
 
 def test_a_kept_alive_connection_the_server_dropped_is_opened_anew(photos):

@@ -196,7 +196,15 @@ class HttpClient:
         self.size = size
         self.idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
         self.lock = threading.Lock()
-        self.tls = ssl.create_default_context(cafile=certifi.where())
+        self.tls: ssl.SSLContext | None = None  # made for the first https URL (see tls_context)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS settings of every https connection, made once: loading the CA bundle costs
+        20 ms of CPU, which an actor fetching only plain http or local files need not pay."""
+        with self.lock:
+            if self.tls is None:
+                self.tls = ssl.create_default_context(cafile=certifi.where())
+            return self.tls
 
     def take(self, parts: SplitResult, timeout: float) -> http.client.HTTPConnection:
         """An idle connection to the URL's host (connected, or one http.client connects when it
@@ -206,7 +214,8 @@ class HttpClient:
             conn = idle.pop() if idle else None
         if conn is None:
             if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=self.tls)
+                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                                   context=self.tls_context())
             else:
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         conn.timeout = timeout
