@@ -3,8 +3,8 @@ own thread decodes (see `processed`), and returns one small summary per shard.
 
 Every actor imports this module when it starts, so it imports only what an actor runs: Pillow,
 http.client, pyarrow and Parquet, never the driver's planning and manifest code, nor
-pyarrow.compute. Those imports cost each actor 0.2 s of CPU at start where these cost 0.11
-(`python -X importtime`), which a build of 2 000 photos on two cores felt as 2% of its time.
+pyarrow.compute. With those, an actor spent 0.20 s of CPU importing at its start; now 0.12 (the
+least of nine fresh imports after Ray's own): 1.5% of a 2 000-photo build on two cores.
 """
 from __future__ import annotations
 
