@@ -102,7 +102,7 @@ def test_resume_rebuilds_only_incomplete_shards(ray_local, served):
 
 
 # What a build's actor runs: a job and its config unpickled, the shard's rows fetched and decoded,
-# the shard written. The driver's modules and pyarrow.compute cost an actor 0.09 s of CPU to import.
+# the shard written. The driver's modules and pyarrow.compute cost an actor 0.08 s of CPU to import.
 ACTOR_RUN = """
 import json, pickle, sys
 from concurrent.futures import ThreadPoolExecutor
