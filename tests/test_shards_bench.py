@@ -2,6 +2,7 @@
 import http.client
 import time
 
+import numpy as np
 from PIL import Image
 
 from cluster.bench import BenchConfig, write_summary
@@ -77,6 +78,34 @@ def test_static_server_keeps_alive_and_serves_only_its_folder(tmp_path):
             conn.request("GET", target)
             response = conn.getresponse()
             assert response.status == 404 and response.read() == b"not found\n"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_static_server_answers_many_connections_at_once(tmp_path):
+    """One thread serves every connection: a client that does not read its large body yet fills
+    its socket, and the server answers the others meanwhile, then finishes each body in order."""
+    body = np.random.default_rng(0).integers(0, 256, 8_000_000, dtype=np.uint8).tobytes()  # > the kernel's buffers
+    (tmp_path / "big.jpg").write_bytes(body)
+    (tmp_path / "small.jpg").write_bytes(body[:1000])
+    (tmp_path / "photos.json").write_text("{}")
+    server, base = serve(tmp_path)
+    host = base.removeprefix("http://")
+    try:
+        stalled = [http.client.HTTPConnection(host, timeout=10) for _ in range(4)]
+        for conn in stalled:
+            conn.request("GET", "/big.jpg")  # sent, not read
+        for _ in range(3):
+            other = http.client.HTTPConnection(host, timeout=10)
+            other.request("GET", "/small.jpg")
+            assert other.getresponse().read() == body[:1000]
+            other.close()
+        for conn in stalled:
+            assert conn.getresponse().read() == body
+            conn.request("GET", "/small.jpg")  # the connection is still good for the next request
+            assert conn.getresponse().read() == body[:1000]
+            conn.close()
     finally:
         server.kill()
         server.wait()
