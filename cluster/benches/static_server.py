@@ -12,7 +12,7 @@ measured against it.
 One thread serves every connection, woken by the kernel when a socket can be read or written
 (selectors, as nginx uses epoll). A thread per connection cost 0.20 ms of CPU a photo while
 `shards build` kept 64 connections busy, against 0.145 this way (medians of 9 alternating
-builds of 2 000 photos): the threads handed the GIL to each other at every receive and send.
+builds of 2 000 photos); one request after the other, the two cost about the same.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import parse_qs, unquote
 
 MAX_HEAD = 64 * 1024
@@ -57,7 +58,7 @@ class Answer:
     """One response: its head still to send, then `left` bytes of `file` from `offset`."""
 
     head: bytes
-    file: object = None
+    file: BinaryIO | None = None
     offset: int = 0
     left: int = 0
 
