@@ -44,4 +44,3 @@ class BuildConfig:
     """How images are downloaded."""
     resize: ResizeConfig = field(default_factory=ResizeConfig)
     """How images are stored."""
-

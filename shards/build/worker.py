@@ -198,4 +198,3 @@ class ShardWorker:
             return {**summary, "retried": int(again.sum()), "recovered": summary["ok"] - was_ok}
         except Exception as exc:  # the shard stays as it was
             return {"name": name, "rows": rows.num_rows, "ok": 0, "error": f"{type(exc).__name__}: {exc}"}
-
