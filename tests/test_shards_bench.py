@@ -48,6 +48,9 @@ def test_ingest_bench_quick_reports_a_ratio(ray_local, tmp_path):
     assert [r["img_s"] for r in result["rounds"]] == [result["value"]]
     assert result["working_img_s"] > result["value"] and result["outside_working_s"] > 0
     assert result["working_share_of_cpu_bound"] > result["share_of_cpu_bound"]
+    # The actors' loop ran without Ray on every photo of its sample, in every round.
+    assert result["pipeline_images"] == 48 and len(result["pipeline_rounds"]) == 1
+    assert result["pipeline_share_of_bound"] == result["pipeline_rounds"][0] > 0
     # img2dataset (installed by `make test`) ran on the same URLs; its start-up is left out of its rate.
     assert find_img2dataset(), "make img2dataset"
     assert result["img2dataset_source"].startswith("measured")

@@ -25,7 +25,11 @@ costs a downloader nothing). Measured in the same run:
   its total above the unavoidable steps;
 - the build's rate over its working span (`working_img_s`: first shard started to last shard
   finished), without the pool's start-up and the manifest (`outside_working_s`), which a build
-  of millions of photos pays once: its share of the bound is what such a build approaches.
+  of millions of photos pays once: its share of the bound is what such a build approaches;
+- the actors' loop without Ray (`pipeline_share_of_bound`): the same fetch-and-decode loop in
+  one plain, warm process per core, writing nothing, against those processes doing the steps
+  one photo after the other; the gap between it and the build's share is what Ray, the shards'
+  framing and writes and the actors' fresh processes cost.
 """
 from __future__ import annotations
 
@@ -292,6 +296,78 @@ def find_img2dataset() -> str | None:
     return None
 
 
+def loop_config(threads: int, size: int):
+    """The options an actor's loop runs with in the bench (loopback allowed, `--size`)."""
+    from shards import BuildConfig
+    from shards.build.fetch import FetchConfig
+    from shards.build.resize import ResizeConfig
+
+    return BuildConfig(images=Path(), out=Path(), threads=threads, fetch=FetchConfig(allow_hosts=("127.0.0.1",)),
+                       resize=ResizeConfig(size=size))
+
+
+def pipelined(urls: list[str], size: int, threads: int) -> tuple[float, int]:
+    """In a plain process: an actor's fetch-and-decode loop (shards.build.worker.processed) over
+    `urls`, nothing written; its CPU seconds and the photos it stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shards.build.fetch import HttpClient
+    from shards.build.worker import CpuClock, processed
+
+    config, rows = loop_config(threads, size), [{"key": f"k{i}", "url": url} for i, url in enumerate(urls)]
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.process_time()
+        stored = sum(jpeg is not None for _, jpeg in processed(rows, pool, HttpClient(threads), config, CpuClock()))
+        return time.process_time() - start, stored
+
+
+def one_after_other(urls: list[str], size: int) -> tuple[float, int]:
+    """In a plain process: fetch and resize each photo in turn (the steps alone); CPU seconds and
+    the photos stored."""
+    from shards.build.fetch import HttpClient, fetch
+    from shards.build.resize import resize_image
+
+    config, client, stored = loop_config(1, size), HttpClient(1), 0
+    start = time.process_time()
+    for url in urls:
+        stored += resize_image(fetch(url, client, config.fetch).data, config.resize).data is not None
+    return time.process_time() - start, stored
+
+
+def warm_up(urls: list[str], size: int, threads: int, ready) -> None:
+    """A process's warm-up before any round is timed: imports, and a heap grown to what 2 ×
+    `threads` photos in flight need (after 8 photos, the first round ran 10-20% slower); then it
+    waits at `ready` with the others, so that no round starts before every process is warm."""
+    pipelined(urls, size, threads)
+    ready.wait(timeout=600)
+
+
+def pipeline_share(urls: list[str], size: int, threads: int, server_pid: int, rounds: int) -> dict:
+    """The actors' loop without Ray: one plain process per core runs it over its part of `urls`,
+    warm, with no shard to frame or write. Its rate is divided by the bound of the same processes
+    fetching and resizing one photo after the other right after it (their CPU and the server's,
+    spread over the cores); median of `rounds`. What a build loses beyond this share is Ray's,
+    the shards' and its fresh processes'."""
+    from multiprocessing import get_context
+
+    cores, context = len(os.sched_getaffinity(0)), get_context("spawn")
+    parts = [urls[i::cores] for i in range(cores)]
+    shares, ready = [], context.Barrier(cores + 1)
+    with context.Pool(cores, initializer=warm_up, initargs=(urls[:100], size, threads, ready)) as pool:
+        ready.wait(timeout=600)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            looped = pool.starmap(pipelined, [(part, size, threads) for part in parts], chunksize=1)
+            wall, server_start = time.perf_counter() - start, process_cpu_seconds(server_pid)
+            alone = pool.starmap(one_after_other, [(part, size) for part in parts], chunksize=1)
+            server_s = 0.0 if server_start is None else process_cpu_seconds(server_pid) - server_start
+            if sum(n for _, n in looped + alone) != 2 * len(urls):
+                raise RuntimeError("the loop without Ray did not store every photo")
+            shares.append((sum(cpu for cpu, _ in alone) + server_s) / cores / wall)
+    return {"pipeline_share_of_bound": round(sorted(shares)[len(shares) // 2], 3),
+            "pipeline_rounds": [round(s, 3) for s in shares], "pipeline_images": len(urls)}
+
+
 def timed_build(build, server_pid: int, n: int, fresh_ray: bool) -> dict:
     """One `shards build` into an empty folder, timed from the call (Ray started before it, as a
     user's run finds it; `fresh_ray`: a new instance, so that each round starts its actors alike),
@@ -344,6 +420,8 @@ def run(config) -> dict:
         for _ in range(config.pick(1, 2, 3)):
             rounds.append(timed_build(build, server.pid, n, fresh_ray=bool(rounds)))
             budgets.append(measure())
+        without_ray = pipeline_share(urls[:config.pick(48, 300, 500)], size, build.threads, server.pid,
+                                     config.pick(1, 3, 5))
         naive_seconds = naive(urls[:n_naive], work / "naive", size)
         exe = find_img2dataset()
         rival = {"img2dataset_img_s": IMG2DATASET_IMG_S,
@@ -380,7 +458,7 @@ def run(config) -> dict:
             "share_of_cpu_bound": round(value / budget["cpu_bound_img_s"], 3),
             "working_img_s": round(working, 1), "working_share_of_cpu_bound": round(working / budget["cpu_bound_img_s"], 3),
             "outside_working_s": round(seconds - manifest["working_s"], 3),
-            "build_core_ms": build_core_ms, "overhead_ms": round(overhead, 3),
+            "build_core_ms": build_core_ms, "overhead_ms": round(overhead, 3), **without_ray,
             "rounds": [{"img_s": round(n / r["seconds"], 1), "cpu_bound_img_s": round(r["budget"]["cpu_bound_img_s"], 1),
                         "share_of_cpu_bound": round(r["share"], 3),
                         "working_share_of_cpu_bound": round(n / r["manifest"]["working_s"] / r["budget"]["cpu_bound_img_s"], 3)}
@@ -389,7 +467,8 @@ def run(config) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     """Where the build stands: its rate beside the baseline, img2dataset, the target and the two
-    bounds (left), and the CPU budget of one image against the core time the build spent (right)."""
+    bounds (left), the CPU budget of one image against the core time the build spent (right), and
+    its shares of the bound with the actors' loop without Ray's (title)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -408,6 +487,9 @@ def plot(result: dict, path: Path) -> None:
     rates.invert_yaxis()
     rates.legend(loc="lower right", fontsize=8)
     draw_core_time(budget, result)
+    fig.suptitle(f"share of the CPU bound: build {result['share_of_cpu_bound']:.3f}, over its working span "
+                 f"{result['working_share_of_cpu_bound']:.3f}, the actors' loop without Ray "
+                 f"{result['pipeline_share_of_bound']:.3f}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
