@@ -335,9 +335,10 @@ def one_after_other(urls: list[str], size: int) -> tuple[float, int]:
 
 
 def warm_up(urls: list[str], size: int, threads: int, ready) -> None:
-    """A process's warm-up before any round is timed: imports, and a heap grown to what 2 ×
-    `threads` photos in flight need (after 8 photos, the first round ran 10-20% slower); then it
-    waits at `ready` with the others, so that no round starts before every process is warm."""
+    """A process's warm-up before any round is timed: its imports and a first run of the loop
+    (its heap grown to what the photos in flight need). Then it waits at `ready` with the others
+    and the bench: without that wait the first round also timed the processes' start (0.55-0.85
+    of the bound, the later rounds about 0.9)."""
     pipelined(urls, size, threads)
     ready.wait(timeout=600)
 
