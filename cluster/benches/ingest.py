@@ -296,71 +296,62 @@ def find_img2dataset() -> str | None:
     return None
 
 
-def loop_config(threads: int, size: int):
-    """The options an actor's loop runs with in the bench (loopback allowed, `--size`)."""
-    from shards import BuildConfig
-    from shards.build.fetch import FetchConfig
-    from shards.build.resize import ResizeConfig
-
-    return BuildConfig(images=Path(), out=Path(), threads=threads, fetch=FetchConfig(allow_hosts=("127.0.0.1",)),
-                       resize=ResizeConfig(size=size))
-
-
-def pipelined(urls: list[str], size: int, threads: int) -> tuple[float, int]:
+def pipelined(urls: list[str], config) -> tuple[float, int]:
     """In a plain process: an actor's fetch-and-decode loop (shards.build.worker.processed) over
-    `urls`, nothing written; its CPU seconds and the photos it stored."""
+    `urls` with the build's options, nothing written; its CPU seconds and the photos it stored."""
     from concurrent.futures import ThreadPoolExecutor
 
     from shards.build.fetch import HttpClient
     from shards.build.worker import CpuClock, processed
 
-    config, rows = loop_config(threads, size), [{"key": f"k{i}", "url": url} for i, url in enumerate(urls)]
-    with ThreadPoolExecutor(threads) as pool:
+    rows = [{"key": f"k{i}", "url": url} for i, url in enumerate(urls)]
+    with ThreadPoolExecutor(config.threads) as pool:
         start = time.process_time()
-        stored = sum(jpeg is not None for _, jpeg in processed(rows, pool, HttpClient(threads), config, CpuClock()))
+        looped = processed(rows, pool, HttpClient(config.threads), config, CpuClock())
+        stored = sum(jpeg is not None for _, jpeg in looped)
         return time.process_time() - start, stored
 
 
-def one_after_other(urls: list[str], size: int) -> tuple[float, int]:
-    """In a plain process: fetch and resize each photo in turn (the steps alone); CPU seconds and
-    the photos stored."""
+def one_after_other(urls: list[str], config) -> tuple[float, int]:
+    """In a plain process: fetch and resize each photo in turn with the build's options (the
+    steps alone); CPU seconds and the photos stored."""
     from shards.build.fetch import HttpClient, fetch
     from shards.build.resize import resize_image
 
-    config, client, stored = loop_config(1, size), HttpClient(1), 0
+    client, stored = HttpClient(1), 0
     start = time.process_time()
     for url in urls:
         stored += resize_image(fetch(url, client, config.fetch).data, config.resize).data is not None
     return time.process_time() - start, stored
 
 
-def warm_up(urls: list[str], size: int, threads: int, ready) -> None:
+def warm_up(urls: list[str], config, ready) -> None:
     """A process's warm-up before any round is timed: its imports and a first run of the loop
     (its heap grown to what the photos in flight need). Then it waits at `ready` with the others
     and the bench: without that wait the first round also timed the processes' start (0.55-0.85
     of the bound, the later rounds about 0.9)."""
-    pipelined(urls, size, threads)
+    pipelined(urls, config)
     ready.wait(timeout=600)
 
 
-def pipeline_share(urls: list[str], size: int, threads: int, server_pid: int, rounds: int) -> dict:
-    """The actors' loop without Ray: one plain process per core runs it over its part of `urls`,
-    warm, with no shard to frame or write. Its rate is divided by the bound of the same processes
-    fetching and resizing one photo after the other right after it (their CPU and the server's,
-    spread over the cores); median of `rounds`. What a build loses beyond this share is Ray's,
-    the shards' and its fresh processes'."""
+def pipeline_share(urls: list[str], config, server_pid: int, rounds: int) -> dict:
+    """The actors' loop without Ray, with the build's options (`config`, a BuildConfig): one
+    plain process per core runs it over its part of `urls`, warm, with no shard to frame or
+    write. Its rate is divided by the bound of the same processes fetching and resizing one photo
+    after the other right after it (their CPU and the server's, spread over the cores); median of
+    `rounds`. What a build loses beyond this share is Ray's, the shards' and its fresh processes'."""
     from multiprocessing import get_context
 
     cores, context = len(os.sched_getaffinity(0)), get_context("spawn")
     parts = [urls[i::cores] for i in range(cores)]
     shares, ready = [], context.Barrier(cores + 1)
-    with context.Pool(cores, initializer=warm_up, initargs=(urls[:100], size, threads, ready)) as pool:
+    with context.Pool(cores, initializer=warm_up, initargs=(urls[:100], config, ready)) as pool:
         ready.wait(timeout=600)
         for _ in range(rounds):
             start = time.perf_counter()
-            looped = pool.starmap(pipelined, [(part, size, threads) for part in parts], chunksize=1)
+            looped = pool.starmap(pipelined, [(part, config) for part in parts], chunksize=1)
             wall, server_start = time.perf_counter() - start, process_cpu_seconds(server_pid)
-            alone = pool.starmap(one_after_other, [(part, size) for part in parts], chunksize=1)
+            alone = pool.starmap(one_after_other, [(part, config) for part in parts], chunksize=1)
             server_s = 0.0 if server_start is None else process_cpu_seconds(server_pid) - server_start
             if sum(n for _, n in looped + alone) != 2 * len(urls):
                 raise RuntimeError("the loop without Ray did not store every photo")
@@ -421,8 +412,7 @@ def run(config) -> dict:
         for _ in range(config.pick(1, 2, 3)):
             rounds.append(timed_build(build, server.pid, n, fresh_ray=bool(rounds)))
             budgets.append(measure())
-        without_ray = pipeline_share(urls[:config.pick(48, 300, 500)], size, build.threads, server.pid,
-                                     config.pick(1, 3, 5))
+        without_ray = pipeline_share(urls[:config.pick(48, 300, 500)], build, server.pid, config.pick(1, 3, 5))
         naive_seconds = naive(urls[:n_naive], work / "naive", size)
         exe = find_img2dataset()
         rival = {"img2dataset_img_s": IMG2DATASET_IMG_S,
